@@ -1,0 +1,137 @@
+"""The PageAllocator interface: KV pages of ``page_size`` token slots, page 0 reserved as null."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from odrive.errors import ConfigError, InvariantViolation
+
+NULL_PAGE = 0
+
+
+@dataclass(frozen=True)
+class AllocatorStats:
+    """A snapshot of pool usage. Fragmentation = allocated slots that hold no token."""
+
+    num_pages: int  # usable pages (excluding the null page)
+    used_pages: int
+    free_pages: int
+    allocated_slots: int
+    used_slots: int
+
+    @property
+    def utilization(self) -> float:
+        return self.used_pages / self.num_pages if self.num_pages else 0.0
+
+    @property
+    def internal_fragmentation(self) -> float:
+        """Fraction of allocated slots holding no token."""
+        if not self.allocated_slots:
+            return 0.0
+        return 1.0 - self.used_slots / self.allocated_slots
+
+
+class PageAllocator(ABC):
+    """Owns the KV page pool and each request's page table.
+
+    ``allocate(request_id, num_tokens)`` makes the request's table cover ``num_tokens`` token
+    slots, all-or-nothing: on failure nothing changes and False is returned. ``free`` returns
+    every page the request holds. Page 0 is never handed out.
+    """
+
+    def __init__(self, num_pages: int, page_size: int) -> None:
+        if page_size < 1:
+            raise ConfigError(f"page_size must be >= 1, got {page_size}")
+        if num_pages < 2:
+            raise ConfigError(
+                f"the KV pool needs at least 2 pages (page 0 is the reserved null page), got {num_pages}; "
+                "raise hbm_utilization, shrink the model or the page size"
+            )
+        self.num_pages = num_pages  # including the null page
+        self.page_size = page_size
+
+    # --- required -----------------------------------------------------------------------------
+    @abstractmethod
+    def allocate(self, request_id: str, num_tokens: int) -> bool: ...
+
+    @abstractmethod
+    def free(self, request_id: str) -> None: ...
+
+    @abstractmethod
+    def page_table(self, request_id: str) -> list[int]: ...
+
+    @property
+    @abstractmethod
+    def num_free_pages(self) -> int: ...
+
+    @abstractmethod
+    def num_tokens(self, request_id: str) -> int:
+        """Tokens the request's pages hold (as of its last allocate call); 0 if unknown."""
+
+    @abstractmethod
+    def owners(self) -> dict[str, list[int]]:
+        """request_id → page table, for invariant checks and tests."""
+
+    @abstractmethod
+    def free_page_ids(self) -> list[int]: ...
+
+    # --- shared helpers -----------------------------------------------------------------------
+    @property
+    def num_usable_pages(self) -> int:
+        return self.num_pages - 1
+
+    def pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def num_new_pages_needed(self, request_id: str, num_tokens: int) -> int:
+        return max(0, self.pages_for(num_tokens) - len(self.page_table(request_id)))
+
+    def can_allocate(self, request_id: str, num_tokens: int) -> bool:
+        return self.num_new_pages_needed(request_id, num_tokens) <= self.num_free_pages
+
+    def slots_held(self, request_id: str) -> int:
+        return len(self.page_table(request_id)) * self.page_size
+
+    def stats(self) -> AllocatorStats:
+        owners = self.owners()
+        used = sum(len(t) for t in owners.values())
+        return AllocatorStats(
+            num_pages=self.num_usable_pages,
+            used_pages=used,
+            free_pages=self.num_free_pages,
+            allocated_slots=used * self.page_size,
+            used_slots=sum(self.num_tokens(r) for r in owners),
+        )
+
+    def check_invariants(self) -> None:
+        """Raise InvariantViolation if any page is lost, doubly owned, or the null page is used."""
+        seen: dict[int, str] = {}
+        for rid, table in self.owners().items():
+            for page in table:
+                if page == NULL_PAGE:
+                    raise InvariantViolation("null-page-never-allocated", f"request {rid} holds page 0")
+                if not 0 < page < self.num_pages:
+                    raise InvariantViolation("page-in-range", f"request {rid} holds page {page}")
+                if page in seen:
+                    raise InvariantViolation(
+                        "page-owned-once", f"page {page} held by both {seen[page]} and {rid}"
+                    )
+                seen[page] = rid
+            if self.num_tokens(rid) > len(table) * self.page_size:
+                raise InvariantViolation(
+                    "tokens-fit-pages", f"request {rid} holds {self.num_tokens(rid)} tokens in {len(table)} pages"
+                )
+        free = self.free_page_ids()
+        if len(set(free)) != len(free):
+            raise InvariantViolation("free-list-unique", "a page appears twice in the free list")
+        both = set(free) & seen.keys()
+        if both:
+            raise InvariantViolation("free-or-owned", f"pages both free and owned: {sorted(both)[:10]}")
+        if NULL_PAGE in free:
+            raise InvariantViolation("null-page-never-allocated", "page 0 is in the free list")
+        if len(free) + len(seen) != self.num_usable_pages:
+            raise InvariantViolation(
+                "no-page-leak",
+                f"{len(free)} free + {len(seen)} owned != {self.num_usable_pages} usable pages",
+            )

@@ -1,0 +1,247 @@
+"""The step loop shared by the simulator and the real engine: only the executor and the clock differ."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from odrive.errors import InvariantViolation
+from odrive.executor import Executor, SeqChunk
+from odrive.invariants import check_plan
+from odrive.metrics import MetricsRecorder
+from odrive.request import FinishReason, Request, RequestStatus
+from odrive.schedulers.base import Scheduler
+from odrive.schedulers.plan import StepPlan
+
+
+@dataclass
+class StepOutcome:
+    """What one call of ``Engine.step`` did."""
+
+    start: float
+    duration: float
+    num_steps: int
+    plan: StepPlan
+    finished: list[Request] = field(default_factory=list)
+    new_token_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+class Engine:
+    """Admit → schedule → (allocate, inside the policy) → execute → append tokens → free → record.
+
+    Time is passed in (``now``) so the same loop runs under a simpy clock or the wall clock.
+    ``stop_checker`` lets a front end end a request on a stop string after each new token.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: Executor,
+        *,
+        metrics: MetricsRecorder | None = None,
+        eos_token_ids: Iterable[int] = (),
+        check_invariants: bool = False,
+        stop_checker: Callable[[Request], bool] | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.allocator = scheduler.allocator
+        self.executor = executor
+        self.metrics = metrics or MetricsRecorder()
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.check_invariants = check_invariants
+        self.stop_checker = stop_checker
+        self.requests: dict[str, Request] = {}
+
+    # --- admission ------------------------------------------------------------------------------
+    def validate(self, request: Request) -> str | None:
+        """Why ``request`` can never be served, or None if it can."""
+        cfg = self.scheduler.config
+        if request.num_prompt_tokens < 1:
+            return "empty prompt: at least one prompt token is required"
+        if request.num_prompt_tokens > cfg.max_prefill_length:
+            return (
+                f"prompt has {request.num_prompt_tokens} tokens, more than max_prefill_length="
+                f"{cfg.max_prefill_length}"
+            )
+        need = self.allocator.pages_for(request.num_prompt_tokens + request.sampling_params.max_tokens)
+        if need > self.allocator.num_usable_pages:
+            return (
+                f"prompt + max_tokens = {request.num_prompt_tokens + request.sampling_params.max_tokens} tokens "
+                f"need {need} pages of {self.allocator.page_size}; the KV pool has only "
+                f"{self.allocator.num_usable_pages}"
+            )
+        return None
+
+    def add_request(self, request: Request, now: float | None = None) -> bool:
+        """Queue ``request``; an unservable one is rejected (status ABORTED, reason REJECTED) and False
+        is returned. A duplicate id raises ValueError without touching the existing request."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in flight")
+        if now is not None:
+            request.arrival_time = now
+        reason = self.validate(request)
+        if reason is not None:
+            self._end(request, RequestStatus.ABORTED, FinishReason.REJECTED, request.arrival_time, reason)
+            return False
+        self.requests[request.request_id] = request
+        self.scheduler.add_request(request)
+        return True
+
+    def abort(self, request_id: str, now: float, message: str = "aborted by user") -> bool:
+        """Cancel a queued or running request and free its pages. False if it is not in flight."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return False
+        self.scheduler.remove(request)
+        self.allocator.free(request_id)
+        del self.requests[request_id]
+        self._end(request, RequestStatus.ABORTED, FinishReason.ABORTED, now, message)
+        return True
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # --- the step -------------------------------------------------------------------------------
+    def step(self, now: float, horizon: float = math.inf) -> StepOutcome | None:
+        """Run one step starting at ``now``. ``horizon`` (seconds from now until the next known
+        arrival) bounds how far a simulator may fast-forward a steady decode run. Returns None when
+        nothing could be scheduled."""
+        sched = self.scheduler
+        plan = sched.schedule()
+        if self.check_invariants:
+            check_plan(sched, plan)
+        if plan.is_empty:
+            if sched.waiting and not sched.running:
+                head = sched.waiting[0]
+                raise InvariantViolation(
+                    "progress", f"nothing scheduled although request {head.request_id} waits and none runs"
+                )
+            return None
+        running = sched.running
+        batch = []
+        num_prefill_seqs = num_prefill_tokens = 0
+        for rid, n in plan.num_scheduled_tokens.items():
+            req = running[rid]
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now
+            if req.is_prefill:
+                num_prefill_seqs += 1
+                num_prefill_tokens += n
+            start = req.num_computed_tokens
+            batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
+        num_steps = 1
+        if num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0:
+            num_steps = self._steady_run_length(plan, batch)
+        if num_steps > 1:
+            duration, num_steps = self._run_decodes(batch, num_steps, horizon)
+            sampled = None
+        else:
+            result = self.executor.execute(batch)
+            duration, sampled = result.duration, result.sampled_token_ids
+        end = now + duration
+        outcome = StepOutcome(now, duration, num_steps, plan)
+        for chunk in batch:
+            self._advance(chunk, num_steps, sampled, end, outcome)
+        if self.check_invariants:
+            self.allocator.check_invariants()
+        self.metrics.on_step(
+            now, duration, num_steps, num_prefill_seqs, num_prefill_tokens, len(batch) - num_prefill_seqs,
+            len(plan.preempted), len(outcome.finished), self.allocator.stats(), len(sched.waiting),
+            len(sched.running),
+        )  # fmt: skip
+        return outcome
+
+    def _advance(
+        self, chunk: SeqChunk, num_steps: int, sampled: dict[str, int] | None, end: float, outcome: StepOutcome
+    ) -> None:
+        req = chunk.request
+        token: int | None = None
+        if num_steps > 1:  # a fast-forwarded decode run: one simulated token per step
+            req.num_computed_tokens += num_steps
+            req.num_output_tokens += num_steps
+        else:
+            req.num_computed_tokens += chunk.num_tokens
+            if not chunk.sample:
+                return
+            token = None if sampled is None else sampled[req.request_id]
+            if token is not None:
+                req.output_token_ids.append(token)
+                outcome.new_token_ids[req.request_id] = token
+            req.num_output_tokens += 1
+            if req.first_token_time is None:
+                req.first_token_time = end
+        reason = self._finish_reason(req, token)
+        if reason is not None:
+            self._finish(req, reason, end)
+            outcome.finished.append(req)
+
+    def _finish_reason(self, req: Request, token: int | None) -> FinishReason | None:
+        if token is not None and not req.sampling_params.ignore_eos:
+            if token in req.sampling_params.stop_token_ids or token in self.eos_token_ids:
+                return FinishReason.STOP
+        if req.num_output_tokens >= req.sampling_params.max_tokens:
+            return FinishReason.LENGTH
+        if token is not None and self.stop_checker is not None and self.stop_checker(req):
+            return FinishReason.STOP
+        return None
+
+    def _finish(self, req: Request, reason: FinishReason, now: float) -> None:
+        self.scheduler.remove(req)
+        self.allocator.free(req.request_id)
+        del self.requests[req.request_id]
+        self._end(req, RequestStatus.FINISHED, reason, now)
+
+    def _end(self, req: Request, status: RequestStatus, reason: FinishReason, now: float, msg: str = "") -> None:
+        req.status = status
+        req.finish_reason = reason
+        req.finish_time = now
+        if msg:
+            req.status_message = msg
+        self.metrics.on_request_done(req)
+
+    # --- simulator fast-forward -------------------------------------------------------------------
+    def _steady_run_length(self, plan: StepPlan, batch: list[SeqChunk]) -> int:
+        """Longest run of identical decode steps: bounded by the policy, the first finish, free pages."""
+        steps = self.scheduler.steady_steps(plan)
+        if steps <= 1:
+            return 1
+        steps = min(steps, min(c.request.remaining_output_tokens for c in batch))
+        if steps <= 1:
+            return 1
+        ps = self.allocator.page_size
+        # Token slots each request still has in its pages after this step's token.
+        spare = np.array([len(c.page_table) * ps - c.kv_len for c in batch], dtype=np.int64)
+        free = self.allocator.num_free_pages
+
+        def pages_needed(k: int) -> int:
+            extra = k - 1 - spare
+            return int(np.sum(np.where(extra > 0, -(-extra // ps), 0)))
+
+        if pages_needed(steps) <= free:
+            return steps
+        lo, hi = 1, steps  # pages_needed(lo) == 0 <= free; pages_needed(hi) > free
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if pages_needed(mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _run_decodes(self, batch: list[SeqChunk], num_steps: int, horizon: float) -> tuple[float, int]:
+        durations = self.executor.decode_run_durations(batch, num_steps)
+        ends = np.cumsum(durations)
+        # Steps that start before the next arrival run; the step starting at/after it must see it.
+        num_steps = max(1, int(np.searchsorted(ends - durations, horizon, side="left")))
+        for c in batch:
+            if not self.allocator.allocate(c.request_id, c.kv_len + num_steps - 1):
+                raise InvariantViolation("fast-forward-pages", f"request {c.request_id} ran out of pages")
+        return float(ends[num_steps - 1]), num_steps

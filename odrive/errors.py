@@ -1,0 +1,14 @@
+"""Errors raised by the engine core."""
+
+
+class InvariantViolation(AssertionError):
+    """A scheduler or allocator broke one of the engine's invariants (named in ``invariant``)."""
+
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"invariant {invariant!r} violated: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+class ConfigError(ValueError):
+    """An engine configuration that cannot work."""

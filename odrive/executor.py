@@ -1,0 +1,55 @@
+"""The Executor interface: the only part that differs between the simulator and the real engine."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from odrive.request import Request
+
+
+@dataclass(frozen=True)
+class SeqChunk:
+    """One scheduled request in a step: compute ``num_tokens`` tokens starting at position ``start``.
+
+    ``sample`` is True when the chunk completes the sequence, so a next token is drawn for it.
+    ``request`` is read-only for executors (token ids, sampling params).
+    """
+
+    request: Request
+    start: int
+    num_tokens: int
+    page_table: list[int]
+    sample: bool
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def kv_len(self) -> int:
+        """Context length after this step (cached + new tokens)."""
+        return self.start + self.num_tokens
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    """Wall time (real) or modeled time (simulator) of the step, and the sampled tokens if real."""
+
+    duration: float
+    sampled_token_ids: dict[str, int] | None = None
+
+
+class Executor(ABC):
+    """Runs one step's batch. The simulator's executor models time; the real one runs the model."""
+
+    supports_decode_runs: bool = False
+
+    @abstractmethod
+    def execute(self, batch: list[SeqChunk]) -> ExecuteResult: ...
+
+    def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
+        """Durations of ``num_steps`` consecutive decode steps of ``batch`` (simulator fast-forward)."""
+        raise NotImplementedError(f"{type(self).__name__} does not model multi-step decode runs")

@@ -1,0 +1,61 @@
+"""Checks of a scheduler's plan against the engine's invariants; switched on with check_invariants=True.
+
+Each failure raises InvariantViolation naming the invariant, so a user's own policy that breaks one
+is caught at the step where it happened.
+"""
+
+from __future__ import annotations
+
+from odrive.errors import InvariantViolation
+from odrive.schedulers.base import Scheduler
+from odrive.schedulers.plan import StepPlan
+
+
+def check_plan(sched: Scheduler, plan: StepPlan) -> None:
+    cfg = sched.config
+    alloc = sched.allocator
+    if plan.total_tokens > cfg.token_budget:
+        raise InvariantViolation("token-budget", f"{plan.total_tokens} tokens > budget {cfg.token_budget}")
+    if len(sched.running) > cfg.max_concurrent_decodes:
+        raise InvariantViolation(
+            "max-concurrent-decodes", f"{len(sched.running)} running > {cfg.max_concurrent_decodes}"
+        )
+    num_prefills = 0
+    for rid, n in plan.num_scheduled_tokens.items():
+        req = sched.running.get(rid)
+        if req is None:
+            raise InvariantViolation("scheduled-is-running", f"request {rid} scheduled but not running")
+        if not 1 <= n <= req.num_tokens_to_compute:
+            raise InvariantViolation(
+                "tokens-in-range", f"request {rid}: {n} tokens scheduled, {req.num_tokens_to_compute} to compute"
+            )
+        if req.is_prefill:
+            num_prefills += 1
+            if n > cfg.max_prefill_length:
+                raise InvariantViolation(
+                    "max-prefill-length", f"request {rid}: chunk of {n} > {cfg.max_prefill_length}"
+                )
+        need = req.num_computed_tokens + n
+        if alloc.num_tokens(rid) < need or alloc.slots_held(rid) < need:
+            raise InvariantViolation(
+                "pages-allocated", f"request {rid} computes up to token {need} but holds {alloc.slots_held(rid)} slots"
+            )
+    if num_prefills > cfg.max_concurrent_prefill:
+        raise InvariantViolation(
+            "max-concurrent-prefill", f"{num_prefills} prefills > {cfg.max_concurrent_prefill}"
+        )
+    waiting_ids = {r.request_id for r in sched.waiting}
+    if len(waiting_ids) != len(sched.waiting):
+        raise InvariantViolation("queued-once", "a request is in the waiting queue twice")
+    both = waiting_ids & sched.running.keys()
+    if both:
+        raise InvariantViolation("waiting-or-running", f"requests both waiting and running: {sorted(both)}")
+    for rid in plan.preempted:
+        if rid in sched.running or rid in plan.num_scheduled_tokens:
+            raise InvariantViolation("preempted-not-running", f"preempted request {rid} still runs")
+        if alloc.page_table(rid):
+            raise InvariantViolation("preempted-pages-freed", f"preempted request {rid} still holds pages")
+    for rid in waiting_ids:
+        if alloc.page_table(rid):
+            raise InvariantViolation("waiting-holds-no-pages", f"waiting request {rid} holds pages")
+    alloc.check_invariants()

@@ -1,0 +1,100 @@
+"""Per-request and per-step metrics, as pandas DataFrames."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from odrive.allocators.base import AllocatorStats
+from odrive.request import Request
+
+REQUEST_COLUMNS = [
+    "request_id", "status", "finish_reason", "arrival_time", "first_scheduled_time", "first_token_time",
+    "finish_time", "num_prompt_tokens", "num_output_tokens", "num_preemptions", "message",
+]  # fmt: skip
+STEP_COLUMNS = [
+    "time", "duration", "num_steps", "num_prefill_seqs", "num_prefill_tokens", "num_decode_seqs",
+    "num_preempted", "num_finished", "pages_used", "pages_free", "allocated_slots", "used_slots",
+    "num_waiting", "num_running",
+]  # fmt: skip
+
+
+class MetricsRecorder:
+    """Collects rows as plain tuples (cheap in the hot loop); builds DataFrames on demand."""
+
+    def __init__(self, record_steps: bool = True) -> None:
+        self.record_steps = record_steps
+        self._requests: list[tuple] = []
+        self._steps: list[tuple] = []
+
+    def on_request_done(self, r: Request) -> None:
+        self._requests.append((
+            r.request_id, r.status.value, r.finish_reason.value if r.finish_reason else None, r.arrival_time,
+            r.first_scheduled_time, r.first_token_time, r.finish_time, r.num_prompt_tokens,
+            r.num_output_tokens, r.num_preemptions, r.status_message,
+        ))  # fmt: skip
+
+    def on_step(
+        self, time: float, duration: float, num_steps: int, num_prefill_seqs: int, num_prefill_tokens: int,
+        num_decode_seqs: int, num_preempted: int, num_finished: int, stats: AllocatorStats,
+        num_waiting: int, num_running: int,
+    ) -> None:  # fmt: skip
+        if self.record_steps:
+            self._steps.append((
+                time, duration, num_steps, num_prefill_seqs, num_prefill_tokens, num_decode_seqs,
+                num_preempted, num_finished, stats.used_pages, stats.free_pages, stats.allocated_slots,
+                stats.used_slots, num_waiting, num_running,
+            ))  # fmt: skip
+
+    @property
+    def num_done(self) -> int:
+        return len(self._requests)
+
+    def requests_frame(self) -> pd.DataFrame:
+        """One row per finished/aborted/rejected request, with TTFT, TPOT, E2E and queueing delay."""
+        df = pd.DataFrame(self._requests, columns=REQUEST_COLUMNS)
+        df["ttft"] = df["first_token_time"] - df["arrival_time"]
+        df["e2e"] = df["finish_time"] - df["arrival_time"]
+        df["queue_time"] = df["first_scheduled_time"] - df["arrival_time"]
+        decode_tokens = (df["num_output_tokens"] - 1).where(df["num_output_tokens"] > 1)
+        df["tpot"] = (df["finish_time"] - df["first_token_time"]) / decode_tokens
+        return df
+
+    def steps_frame(self) -> pd.DataFrame:
+        """One row per engine step (a fast-forwarded decode run is one row with ``num_steps`` > 1)."""
+        df = pd.DataFrame(self._steps, columns=STEP_COLUMNS)
+        df["utilization"] = df["pages_used"] / (df["pages_used"] + df["pages_free"])
+        df["fragmentation"] = (1.0 - df["used_slots"] / df["allocated_slots"]).where(df["allocated_slots"] > 0, 0.0)
+        return df
+
+
+def summarize(requests: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Series:
+    """Aggregate throughput and latency percentiles of a run."""
+    done = requests[requests["status"] == "finished"]
+    start = requests["arrival_time"].min() if len(requests) else 0.0
+    end = done["finish_time"].max() if len(done) else start
+    span = (end - start) if len(done) else math.nan
+    out: dict[str, float] = {
+        "requests": float(len(requests)),
+        "finished": float(len(done)),
+        "rejected": float((requests["finish_reason"] == "rejected").sum()),
+        "aborted": float((requests["finish_reason"] == "aborted").sum()),
+        "duration_s": float(span),
+        "request_throughput": len(done) / span if span and span > 0 else math.nan,
+        "output_token_throughput": done["num_output_tokens"].sum() / span if span and span > 0 else math.nan,
+        "preemptions": float(requests["num_preemptions"].sum()),
+    }
+    for col in ("ttft", "tpot", "e2e"):
+        vals = done[col].dropna().to_numpy()
+        for q in (50, 90, 99):
+            out[f"{col}_p{q}"] = float(np.percentile(vals, q)) if len(vals) else math.nan
+        out[f"{col}_mean"] = float(vals.mean()) if len(vals) else math.nan
+    if steps is not None and len(steps):
+        w = steps["duration"].to_numpy()
+        out["mean_page_utilization"] = float(np.average(steps["utilization"], weights=w)) if w.sum() else math.nan
+        out["peak_pages_used"] = float(steps["pages_used"].max())
+        out["mean_fragmentation"] = float(np.average(steps["fragmentation"], weights=w)) if w.sum() else math.nan
+        out["num_steps"] = float(steps["num_steps"].sum())
+    return pd.Series(out)

@@ -1,0 +1,96 @@
+"""A request's state as it moves through the engine."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from odrive.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    """WAITING → RUNNING → FINISHED | ABORTED; RUNNING → PREEMPTED → RUNNING (resumed)."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+    @property
+    def is_done(self) -> bool:
+        return self in (RequestStatus.FINISHED, RequestStatus.ABORTED)
+
+
+class FinishReason(enum.Enum):
+    LENGTH = "length"  # reached max_tokens
+    STOP = "stop"  # produced a stop token or stop string
+    ABORTED = "aborted"  # cancelled by the user / client
+    REJECTED = "rejected"  # refused at admission (see Request.status_message)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request.
+
+    ``prompt_token_ids`` may be None in the simulator, which only needs lengths.
+    ``num_computed_tokens`` counts tokens whose K/V already sit in the request's pages.
+    """
+
+    request_id: str
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    arrival_time: float = 0.0
+    prompt_token_ids: Sequence[int] | None = None
+    priority: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: FinishReason | None = None
+    status_message: str = ""
+    output_token_ids: list[int] = field(default_factory=list)
+    num_output_tokens: int = 0
+    num_computed_tokens: int = 0
+    num_preemptions: int = 0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    @classmethod
+    def from_tokens(
+        cls, request_id: str, prompt_token_ids: Sequence[int], sampling_params: SamplingParams, **kw: object
+    ) -> Request:
+        return cls(
+            request_id=request_id,
+            num_prompt_tokens=len(prompt_token_ids),
+            prompt_token_ids=list(prompt_token_ids),
+            sampling_params=sampling_params,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens: the sequence length."""
+        return self.num_prompt_tokens + self.num_output_tokens
+
+    @property
+    def num_tokens_to_compute(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_prefill(self) -> bool:
+        """True until the prompt (or, after recompute preemption, prompt + outputs) is in the cache."""
+        return self.num_output_tokens == 0 or self.num_tokens - self.num_computed_tokens > 1
+
+    @property
+    def remaining_output_tokens(self) -> int:
+        return self.sampling_params.max_tokens - self.num_output_tokens
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        if self.prompt_token_ids is None:
+            raise ValueError(f"request {self.request_id} carries no token ids (simulated request)")
+        return [*self.prompt_token_ids, *self.output_token_ids]
+
+    @property
+    def is_done(self) -> bool:
+        return self.status.is_done

@@ -1,0 +1,78 @@
+"""Scheduler limits shared by every policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from odrive.errors import ConfigError
+
+
+def default_prefill_buckets(max_prefill_length: int, smallest: int = 16) -> tuple[int, ...]:
+    """Powers of two from ``smallest`` up to ``max_prefill_length``, which is always the last bucket."""
+    buckets = []
+    b = smallest
+    while b < max_prefill_length:
+        buckets.append(b)
+        b *= 2
+    buckets.append(max_prefill_length)
+    return tuple(buckets)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Limits every scheduler honours.
+
+    - ``max_prefill_length``: the longest prompt accepted, and the largest prefill chunk per request
+      per step. Longer prompts are rejected at admission with a reason (never truncated).
+    - ``prefill_lengths``: padded prefill buckets; a prefill chunk of n tokens is padded to the smallest
+      bucket >= n (bounded recompiles on the real engine; modeled padding cost in the simulator).
+    - ``max_concurrent_prefill``: at most this many requests prefill in one step.
+    - ``max_concurrent_decodes``: at most this many requests hold KV state and decode at once.
+    - ``max_num_batched_tokens``: the per-step token budget (prefill chunk tokens + decode tokens).
+    """
+
+    max_prefill_length: int = 2048
+    prefill_lengths: tuple[int, ...] = field(default_factory=tuple)
+    max_concurrent_prefill: int = 1
+    max_concurrent_decodes: int = 256
+    max_num_batched_tokens: int | None = None
+    chunk_size: int | None = None  # for chunked-prefill policies; defaults to max_prefill_length
+
+    def __post_init__(self) -> None:
+        if self.max_prefill_length < 1:
+            raise ConfigError(f"max_prefill_length must be >= 1, got {self.max_prefill_length}")
+        if not self.prefill_lengths:
+            object.__setattr__(self, "prefill_lengths", default_prefill_buckets(self.max_prefill_length))
+        buckets = tuple(sorted(int(b) for b in self.prefill_lengths))
+        if buckets[0] < 1 or len(set(buckets)) != len(buckets):
+            raise ConfigError(f"prefill_lengths must be distinct positive integers, got {self.prefill_lengths}")
+        if buckets[-1] < self.max_prefill_length:
+            raise ConfigError(
+                f"the largest prefill bucket ({buckets[-1]}) is smaller than max_prefill_length "
+                f"({self.max_prefill_length}): a prompt of max_prefill_length tokens would have no bucket"
+            )
+        object.__setattr__(self, "prefill_lengths", buckets)
+        if self.max_concurrent_prefill < 1:
+            raise ConfigError(f"max_concurrent_prefill must be >= 1, got {self.max_concurrent_prefill}")
+        if self.max_concurrent_decodes < 1:
+            raise ConfigError(f"max_concurrent_decodes must be >= 1, got {self.max_concurrent_decodes}")
+        if self.max_num_batched_tokens is None:
+            budget = max(self.max_prefill_length, self.max_concurrent_decodes)
+            object.__setattr__(self, "max_num_batched_tokens", budget)
+        if self.max_num_batched_tokens < 1:  # type: ignore[operator]
+            raise ConfigError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.chunk_size is None:
+            object.__setattr__(self, "chunk_size", self.max_prefill_length)
+        if self.chunk_size < 1:  # type: ignore[operator]
+            raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+    @property
+    def token_budget(self) -> int:
+        return int(self.max_num_batched_tokens)  # type: ignore[arg-type]
+
+    def bucket_for(self, num_tokens: int) -> int:
+        """The padded length of a prefill chunk of ``num_tokens``."""
+        for b in self.prefill_lengths:
+            if b >= num_tokens:
+                return b
+        raise ValueError(f"prefill chunk of {num_tokens} tokens exceeds the largest bucket {self.prefill_lengths[-1]}")

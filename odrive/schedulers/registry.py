@@ -1,0 +1,5 @@
+"""Registry of schedulers by name."""
+
+from odrive.registry import Registry
+
+SCHEDULERS: Registry = Registry("scheduler")

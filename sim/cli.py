@@ -1,0 +1,83 @@
+"""``odrive sim`` / ``python -m sim``: simulate a workload and write tables, a figure and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from odrive.allocators import ALLOCATORS
+from odrive.schedulers import SCHEDULERS
+from sim.config import SimConfig
+from sim.hardware import ACCELERATORS
+from sim.latency import LATENCY_MODELS
+from sim.model_spec import MODEL_SPECS
+from sim.report import format_summary, plot_run
+from sim.simulator import simulate
+from sim.workloads import parse_workload
+
+DEFAULT_WORKLOAD = "trace:data/traces/azure_conv_2023.csv"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", "--trace", dest="workload", default=DEFAULT_WORKLOAD,
+                   help="trace:PATH[?time_scale=X&max_requests=N], poisson:rate=..,n=..,prompt=..,output=.. "
+                        f"or gamma:...; a bare path means a trace (default: {DEFAULT_WORKLOAD})")
+    p.add_argument("--accelerator", "--hardware", dest="accelerator", default="h100-80gb",
+                   choices=sorted(ACCELERATORS))
+    p.add_argument("--model", default="llama-2-7b", choices=sorted(MODEL_SPECS))
+    p.add_argument("--latency-model", default="roofline", help=f"one of {LATENCY_MODELS.names()}")
+    p.add_argument("--scheduler", default="fcfs", help=f"one of {SCHEDULERS.names()}")
+    p.add_argument("--allocator", default="free-list", help=f"one of {ALLOCATORS.names()}")
+    p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--hbm-utilization", type=float, default=0.9)
+    p.add_argument("--num-pages", type=int, default=None, help="override the page count from HBM")
+    p.add_argument("--max-prefill-length", type=int, default=16384)
+    p.add_argument("--prefill-lengths", type=lambda s: tuple(int(x) for x in s.split(",")), default=(),
+                   help="comma-separated padded prefill buckets (default: powers of two)")
+    p.add_argument("--max-concurrent-prefill", type=int, default=8)
+    p.add_argument("--max-concurrent-decodes", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-invariants", action="store_true", help="check every plan (slower)")
+    p.add_argument("--out", type=Path, default=Path("results/sim"), help="output folder")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
+    workload = parse_workload(spec, seed=args.seed)
+    config = SimConfig(
+        accelerator=args.accelerator, model=args.model, latency_model=args.latency_model,
+        scheduler=args.scheduler, allocator=args.allocator, page_size=args.page_size,
+        hbm_utilization=args.hbm_utilization, num_pages=args.num_pages,
+        max_prefill_length=args.max_prefill_length, prefill_lengths=args.prefill_lengths,
+        max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
+        max_num_batched_tokens=args.max_num_batched_tokens, chunk_size=args.chunk_size, seed=args.seed,
+        check_invariants=args.check_invariants,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    result = simulate(config, workload, progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    result.requests.to_csv(out / "requests.csv", index=False)
+    result.steps.to_csv(out / "steps.csv", index=False)
+    summary = result.summary.copy()
+    summary["wall_time_s"] = wall
+    summary["simulated_requests_per_wall_s"] = len(workload) / wall
+    summary.to_frame("value").to_csv(out / "summary.csv")
+    figure = plot_run(result, out / "run.png")
+    print(f"workload: {spec} ({len(workload):,} requests)")
+    print(f"config:   {config.model} on {config.accelerator}, scheduler={config.scheduler}, "
+          f"allocator={config.allocator}, page_size={config.page_size}, pages={result.num_pages - 1:,}")
+    print(format_summary(summary))
+    print(f"wrote {out / 'requests.csv'}, {out / 'steps.csv'}, {out / 'summary.csv'}, {figure}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

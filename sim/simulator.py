@@ -1,0 +1,130 @@
+"""The discrete-event simulator: the shared odrive Engine on a simpy clock with a modeled executor."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import simpy
+from tqdm.auto import tqdm
+
+from odrive.allocators import make_allocator
+from odrive.engine import Engine
+from odrive.errors import InvariantViolation
+from odrive.metrics import MetricsRecorder, summarize
+from odrive.request import Request
+from odrive.sampling_params import SamplingParams
+from odrive.schedulers import make_scheduler
+from sim.config import SimConfig
+from sim.executor import SimExecutor
+from sim.hardware import get_accelerator
+from sim.latency.registry import get_latency_model
+from sim.model_spec import get_model_spec, num_kv_pages
+from sim.workloads.request import Workload
+
+
+@dataclass
+class SimResult:
+    """Per-request and per-step tables of one run, with its config and aggregate summary."""
+
+    config: SimConfig
+    num_pages: int
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    summary: pd.Series
+
+
+def build_engine(config: SimConfig, metrics: MetricsRecorder | None = None) -> Engine:
+    """The same Engine the real backend uses, with a SimExecutor and page count from the model."""
+    accelerator = get_accelerator(config.accelerator)
+    model = get_model_spec(config.model)
+    num_pages = config.num_pages
+    if num_pages is None:
+        num_pages = num_kv_pages(accelerator, model, config.page_size, config.hbm_utilization)
+    allocator = make_allocator(config.allocator, num_pages=num_pages, page_size=config.page_size)
+    sched_cfg = config.scheduler_config()
+    scheduler = make_scheduler(config.scheduler, sched_cfg, allocator)
+    latency = get_latency_model(
+        config.latency_model, accelerator=accelerator, model=model, **dict(config.latency_kwargs)
+    )
+    return Engine(
+        scheduler,
+        SimExecutor(latency, sched_cfg),
+        metrics=metrics or MetricsRecorder(record_steps=config.record_steps),
+        check_invariants=config.check_invariants,
+    )
+
+
+class Simulator:
+    """Replays a workload against one engine replica; deterministic for a given config and workload."""
+
+    def __init__(self, config: SimConfig, workload: Workload, *, progress: bool = False) -> None:
+        self.config = config
+        self.workload = workload
+        self.env = simpy.Environment()
+        self.engine = build_engine(config)
+        self.progress = progress
+        self._times = workload.arrival_times.tolist()
+        self._prompts = workload.prompt_lens.tolist()
+        self._outputs = workload.output_lens.tolist()
+        prios = workload.priorities
+        self._priorities = prios.tolist() if prios is not None else [0] * len(self._times)
+        self._next = 0
+
+    @property
+    def next_arrival(self) -> float:
+        return self._times[self._next] if self._next < len(self._times) else math.inf
+
+    def _admit_arrivals(self, now: float) -> None:
+        engine, times = self.engine, self._times
+        while self._next < len(times) and times[self._next] <= now:
+            i = self._next
+            self._next += 1
+            request = Request(
+                request_id=f"r{i}",
+                num_prompt_tokens=self._prompts[i],
+                sampling_params=SamplingParams(max_tokens=self._outputs[i], ignore_eos=True),
+                arrival_time=times[i],
+                priority=self._priorities[i],
+            )
+            engine.add_request(request)
+
+    def _loop(self, bar: tqdm | None):  # simpy process
+        env, engine = self.env, self.engine
+        done_before = 0
+        while True:
+            self._admit_arrivals(env.now)
+            if not engine.has_unfinished:
+                if self.next_arrival == math.inf:
+                    return
+                yield env.timeout(self.next_arrival - env.now)
+                continue
+            outcome = engine.step(env.now, horizon=self.next_arrival - env.now)
+            if outcome is None:
+                if self.next_arrival == math.inf:
+                    raise InvariantViolation("progress", "requests remain but none can be scheduled")
+                yield env.timeout(self.next_arrival - env.now)
+                continue
+            yield env.timeout(outcome.duration)
+            if bar is not None and engine.metrics.num_done - done_before >= 256:
+                bar.update(engine.metrics.num_done - done_before)
+                done_before = engine.metrics.num_done
+
+    def run(self) -> SimResult:
+        bar = tqdm(total=len(self.workload), unit="req", desc="simulating", disable=not self.progress)
+        with bar:
+            self.env.process(self._loop(bar))
+            self.env.run()
+            bar.update(self.engine.metrics.num_done - bar.n)
+        metrics = self.engine.metrics
+        requests = metrics.requests_frame().sort_values("arrival_time", kind="stable").reset_index(drop=True)
+        steps = metrics.steps_frame()
+        summary = summarize(requests, steps if len(steps) else None)
+        summary["num_pages"] = float(self.engine.allocator.num_usable_pages)
+        return SimResult(self.config, self.engine.allocator.num_pages, requests, steps, summary)
+
+
+def simulate(config: SimConfig, workload: Workload, *, progress: bool = False) -> SimResult:
+    """Run ``workload`` on one simulated replica described by ``config``."""
+    return Simulator(config, workload, progress=progress).run()

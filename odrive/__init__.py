@@ -10,6 +10,9 @@ from odrive.sampling_params import SamplingParams
 from odrive.schedulers import SCHEDULERS, Scheduler, SchedulerConfig, StepPlan, make_scheduler
 
 __all__ = [
+    "vSurge",
+    "load_model",
+    "load_processor",
     "ALLOCATORS",
     "SCHEDULERS",
     "ConfigError",
@@ -32,3 +35,20 @@ __all__ = [
     "make_scheduler",
     "summarize",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy access to the JAX-backed parts, so ``import odrive`` stays light for the simulator."""
+    if name == "vSurge":
+        from odrive.vsurge import vSurge
+
+        return vSurge
+    if name == "load_model":
+        from odrive.models.checkpoint import load_model
+
+        return load_model
+    if name == "load_processor":
+        from odrive.processor import load_processor
+
+        return load_processor
+    raise AttributeError(f"module 'odrive' has no attribute {name!r}")

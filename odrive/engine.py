@@ -70,6 +70,12 @@ class Engine:
                 f"prompt has {request.num_prompt_tokens} tokens, more than max_prefill_length="
                 f"{cfg.max_prefill_length}"
             )
+        total = request.num_prompt_tokens + request.sampling_params.max_tokens
+        if cfg.max_model_len is not None and total > cfg.max_model_len:
+            return (
+                f"prompt ({request.num_prompt_tokens}) + max_tokens ({request.sampling_params.max_tokens}) = {total} "
+                f"tokens exceeds max_model_len={cfg.max_model_len}"
+            )
         need = self.allocator.pages_for(request.num_prompt_tokens + request.sampling_params.max_tokens)
         if need > self.allocator.num_usable_pages:
             return (

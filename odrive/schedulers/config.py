@@ -37,6 +37,7 @@ class SchedulerConfig:
     max_concurrent_decodes: int = 256
     max_num_batched_tokens: int | None = None
     chunk_size: int | None = None  # for chunked-prefill policies; defaults to max_prefill_length
+    max_model_len: int | None = None  # cap on prompt + output tokens per request (None: only the pool limits)
 
     def __post_init__(self) -> None:
         if self.max_prefill_length < 1:
@@ -63,6 +64,10 @@ class SchedulerConfig:
             raise ConfigError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.chunk_size is None:
             object.__setattr__(self, "chunk_size", self.max_prefill_length)
+        if self.max_model_len is not None and self.max_model_len < self.max_prefill_length:
+            raise ConfigError(
+                f"max_model_len ({self.max_model_len}) is smaller than max_prefill_length ({self.max_prefill_length})"
+            )
         if self.chunk_size < 1:  # type: ignore[operator]
             raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
 

@@ -1,0 +1,55 @@
+"""The real executor: runs the paged JAX model on the scheduled batch and samples next tokens."""
+
+from __future__ import annotations
+
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.models.checkpoint import Model
+from odrive.models.kv_cache import allocate_kv_caches
+from odrive.models.llama import make_paged_forward
+from odrive.runtime.batch_builder import BatchBuilder
+from odrive.runtime.sampler import sample_tokens, stream_seed
+
+
+class JaxExecutor(Executor):
+    """Owns the device KV pool ``(k_pool, v_pool)`` and the jitted paged forward of ``model``."""
+
+    def __init__(self, model: Model, num_pages: int, page_size: int, builder: BatchBuilder, seed: int = 0,
+                 kv_dtype: object | None = None) -> None:
+        self.model = model
+        self.builder = builder
+        self.seed = seed
+        self.kv_caches = allocate_kv_caches(model.config, num_pages, page_size, kv_dtype or model.dtype)
+        self._forward = make_paged_forward(model.config)
+
+    def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
+        t0 = time.perf_counter()
+        x = self.builder.build(batch)
+        logits, self.kv_caches = self._forward(
+            self.model.params, jnp.asarray(x.token_ids), jnp.asarray(x.positions), self.kv_caches,
+            jnp.asarray(x.slot_mapping), jnp.asarray(x.kv_lens), jnp.asarray(x.page_indices),
+            jnp.asarray(x.cu_q_lens), jnp.asarray(x.num_seqs), jnp.asarray(x.logits_indices),
+        )  # fmt: skip
+        sampled: dict[str, int] = {}
+        if x.sample_rows:
+            s_pad = len(x.logits_indices)
+            temperature = np.zeros(s_pad, np.float32)
+            top_k = np.zeros(s_pad, np.int32)
+            top_p = np.ones(s_pad, np.float32)
+            seeds = np.zeros(s_pad, np.uint32)
+            steps = np.zeros(s_pad, np.uint32)
+            for row in x.sample_rows:
+                req = batch[row].request
+                sp = req.sampling_params
+                temperature[row], top_k[row], top_p[row] = sp.temperature, sp.top_k, sp.top_p
+                seeds[row] = stream_seed(self.seed, sp.seed, req.request_id)
+                steps[row] = req.num_output_tokens
+            tokens = np.asarray(sample_tokens(logits, jnp.asarray(temperature), jnp.asarray(top_k),
+                                              jnp.asarray(top_p), jnp.asarray(seeds), jnp.asarray(steps)))
+            for row in x.sample_rows:
+                sampled[batch[row].request_id] = int(tokens[row])
+        return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)

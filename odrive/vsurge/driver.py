@@ -1,0 +1,322 @@
+"""vSurge: the user-facing real engine (EasyDeL oDriver's API), on the shared odrive Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+from odrive.allocators import make_allocator
+from odrive.engine import Engine, StepOutcome
+from odrive.metrics import MetricsRecorder
+from odrive.models.checkpoint import Model, load_model
+from odrive.processor import Processor, load_processor
+from odrive.request import Request
+from odrive.runtime.batch_builder import BatchBuilder, power_of_two_buckets
+from odrive.runtime.jax_executor import JaxExecutor
+from odrive.runtime.memory import MemoryPlan, plan_kv_pages
+from odrive.sampling_params import SamplingParams
+from odrive.schedulers import SchedulerConfig, make_scheduler
+from odrive.vsurge.handle import RequestHandle
+from odrive.vsurge.results import GenerationResult, StreamDelta
+
+log = logging.getLogger("odrive")
+Prompt = str | Sequence[int]
+
+
+class vSurge:  # noqa: N801 - the name users know from EasyDeL
+    """A paged-attention inference engine around one model. Build it with ``create_odriver``.
+
+    ``generate``/``stream`` drive the engine in the calling thread unless ``start()`` launched the
+    background engine thread; ``agenerate``/``astream`` start it on demand.
+    """
+
+    def __init__(self, engine: Engine, executor: JaxExecutor, model: Model, processor: Processor | None,
+                 memory_plan: MemoryPlan, name: str) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.model = model
+        self.processor = processor
+        self.memory_plan = memory_plan
+        self.vsurge_name = name
+        self._lock = threading.RLock()
+        self._work = threading.Condition(self._lock)
+        self._handles: dict[str, RequestHandle] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._error: BaseException | None = None
+        engine.stop_checker = self._hit_stop_string
+
+    # --- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create_odriver(
+        cls,
+        model: Model | str | Path,
+        processor: Processor | str | Path | None = None,
+        *,
+        max_prefill_length: int = 512,
+        prefill_lengths: Sequence[int] | None = None,
+        page_size: int = 128,
+        hbm_utilization: float = 0.6,
+        max_concurrent_prefill: int = 1,
+        max_concurrent_decodes: int | None = None,
+        seed: int = 894,
+        vsurge_name: str | None = None,
+        scheduler: str = "fcfs",
+        allocator: str = "free-list",
+        max_length: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        check_invariants: bool = False,
+        record_steps: bool = True,
+    ) -> vSurge:
+        """Every argument acts: see docs in the README. ``max_length`` caps prompt + generated tokens
+        (default ``2 × max_prefill_length``); ``max_concurrent_decodes`` defaults to 8 × max_concurrent_prefill.
+        """
+        if not isinstance(model, Model):
+            model = load_model(model)
+        if processor is not None and not isinstance(processor, Processor):
+            processor = load_processor(processor)
+        max_length = max_length or 2 * max_prefill_length
+        max_concurrent_decodes = max_concurrent_decodes or 8 * max_concurrent_prefill
+        sched_cfg = SchedulerConfig(
+            max_prefill_length=max_prefill_length,
+            prefill_lengths=tuple(prefill_lengths or ()),
+            max_concurrent_prefill=max_concurrent_prefill,
+            max_concurrent_decodes=max_concurrent_decodes,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_length,
+        )
+        cfg = model.config
+        plan = plan_kv_pages(
+            weight_bytes=cfg.num_parameters() * model.dtype.itemsize,
+            kv_bytes_per_token=cfg.kv_bytes_per_token(model.dtype),
+            page_size=page_size,
+            hbm_utilization=hbm_utilization,
+            max_running=max_concurrent_decodes,
+            max_model_len=max_length,
+        )
+        pages_per_seq = -(-max_length // page_size)
+        builder = BatchBuilder(
+            page_size,
+            token_buckets=(*sched_cfg.prefill_lengths, *power_of_two_buckets(sched_cfg.token_budget)),
+            seq_buckets=power_of_two_buckets(max_concurrent_decodes, smallest=1),
+            pages_per_seq=pages_per_seq,
+        )
+        executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed)
+        alloc = make_allocator(allocator, num_pages=plan.num_pages, page_size=page_size)
+        eos = set(cfg.eos_token_ids) | set(processor.eos_token_ids if processor else ())
+        engine = Engine(
+            make_scheduler(scheduler, sched_cfg, alloc),
+            executor,
+            metrics=MetricsRecorder(record_steps=record_steps),
+            eos_token_ids=eos,
+            check_invariants=check_invariants,
+        )
+        name = vsurge_name or f"odrive-{cfg.num_hidden_layers}L-{cfg.hidden_size}"
+        return cls(engine, executor, model, processor, plan, name)
+
+    # --- requests -----------------------------------------------------------------------------------
+    def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.processor is None:
+                raise ValueError("a text prompt needs a processor; pass token ids or create_odriver(processor=...)")
+            return prompt, self.processor.encode(prompt)
+        ids = [int(t) for t in prompt]
+        vocab = self.model.config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        return None, ids
+
+    def _make_request(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, RequestHandle]:
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling_params must be odrive.SamplingParams, got {type(params).__name__}")
+        text, ids = self._tokenize(prompt)
+        if not ids:
+            raise ValueError("empty prompt: it encodes to zero tokens")
+        if params.n != 1:
+            raise ValueError("n > 1 is not supported by generate(); submit the prompt n times with distinct seeds")
+        rid = f"{self.vsurge_name}-{next(self._ids)}"
+        request = Request.from_tokens(rid, ids, params)
+        reason = self.engine.validate(request)
+        if reason is not None:
+            raise ValueError(reason)
+        return request, RequestHandle(request, text, self.processor)
+
+    def submit(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> RequestHandle:
+        """Queue one request (validated first: bad input raises here and touches nothing else)."""
+        request, handle = self._make_request(prompt, sampling_params or SamplingParams())
+        with self._work:
+            self._handles[request.request_id] = handle
+            self.engine.add_request(request, now=time.perf_counter())
+            self._work.notify()
+        return handle
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request; its pages return to the pool and its stream ends with reason 'aborted'."""
+        with self._lock:
+            if not self.engine.abort(request_id, time.perf_counter()):
+                return False
+            handle = self._handles.pop(request_id)
+        handle.finish()
+        return True
+
+    # --- the engine loop -------------------------------------------------------------------------
+    def step(self) -> StepOutcome | None:
+        """Run one engine step and deliver its tokens to the request handles."""
+        with self._lock:
+            outcome = self.engine.step(time.perf_counter())
+            if outcome is None:
+                return None
+            for rid, token in outcome.new_token_ids.items():
+                self._handles[rid].push(token)
+            finished = [self._handles.pop(r.request_id) for r in outcome.finished]
+        for handle in finished:
+            handle.finish()
+        return outcome
+
+    def _drive_until(self, handles: Sequence[RequestHandle]) -> None:
+        if self._running:
+            for h in handles:
+                h.wait()
+            self._raise_if_failed()
+            return
+        while not all(h.done for h in handles):
+            if self.step() is None and not all(h.done for h in handles):
+                raise RuntimeError("engine made no progress although requests are pending")
+
+    def _loop(self) -> None:
+        try:
+            while self._running:
+                with self._work:
+                    while self._running and not self.engine.has_unfinished:
+                        self._work.wait(timeout=0.1)
+                if self._running:
+                    self.step()
+        except BaseException as exc:  # noqa: BLE001 - surfaced to every waiter
+            log.exception("engine thread failed")
+            self._error = exc
+            self._running = False
+            with self._lock:
+                handles, self._handles = list(self._handles.values()), {}
+            for h in handles:
+                h.fail(exc)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("the engine thread failed") from self._error
+
+    def start(self) -> vSurge:
+        """Run the engine in a background thread (``generate`` then only waits)."""
+        with self._lock:
+            if self._thread is None:
+                self._running = True
+                self._thread = threading.Thread(target=self._loop, name=f"{self.vsurge_name}-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the background thread; unfinished requests stay queued for the next start/generate."""
+        thread = self._thread
+        self._running = False
+        with self._work:
+            self._work.notify_all()
+        if thread is not None:
+            thread.join()
+        self._thread = None
+
+    def __enter__(self) -> vSurge:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- user API -----------------------------------------------------------------------------------
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+    ) -> list[GenerationResult]:
+        """Generate for each prompt; every prompt is validated before any is queued."""
+        batch = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
+        params = sampling_params if isinstance(sampling_params, Sequence) else [sampling_params] * len(batch)
+        if len(params) != len(batch):
+            raise ValueError(f"{len(params)} sampling params for {len(batch)} prompts")
+        made = [self._make_request(p, sp or SamplingParams()) for p, sp in zip(batch, params, strict=True)]
+        with self._work:
+            for request, handle in made:
+                self._handles[request.request_id] = handle
+                self.engine.add_request(request, now=time.perf_counter())
+            self._work.notify()
+        handles = [h for _, h in made]
+        self._drive_until(handles)
+        return [h.result() for h in handles]
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[StreamDelta]:
+        """Yield deltas of new text/tokens as they are generated; the last has ``finished=True``."""
+        handle = self.submit(prompt, sampling_params)
+        sink: queue.SimpleQueue[StreamDelta] = queue.SimpleQueue()
+        handle.subscribe(sink.put)
+        while True:
+            if not self._running:
+                while sink.empty() and not handle.done:
+                    self.step()
+            delta = sink.get()
+            yield delta
+            if delta.finished:
+                return
+
+    async def agenerate(
+        self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | None = None
+    ) -> list[GenerationResult]:
+        """Async ``generate`` (starts the background engine thread if needed)."""
+        batch = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
+        self.start()
+        handles = [self.submit(p, sampling_params) for p in batch]
+        return [await h.aresult() for h in handles]
+
+    async def astream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> AsyncIterator[StreamDelta]:
+        """Async ``stream`` (starts the background engine thread if needed)."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        sink: asyncio.Queue[StreamDelta] = asyncio.Queue()
+        handle = self.submit(prompt, sampling_params)
+        handle.subscribe(lambda d: loop.call_soon_threadsafe(sink.put_nowait, d))
+        try:
+            while True:
+                delta = await sink.get()
+                yield delta
+                if delta.finished:
+                    return
+        finally:
+            if not handle.done:  # the consumer went away: free the request's pages
+                self.abort(handle.request_id)
+
+    def count_tokens(self, text: str) -> int:
+        if self.processor is None:
+            raise ValueError("count_tokens needs a processor")
+        return len(self.processor.encode(text))
+
+    # --- stop strings ---------------------------------------------------------------------------------
+    def _hit_stop_string(self, request: Request) -> bool:
+        handle = self._handles.get(request.request_id)
+        return handle is not None and handle.hit_stop_string()
+
+    @property
+    def num_free_pages(self) -> int:
+        return self.engine.allocator.num_free_pages
+
+    @property
+    def num_usable_pages(self) -> int:
+        return self.engine.allocator.num_usable_pages
+
+
+def _is_token_list(x: object) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0 and isinstance(x[0], int)
+
+
+create_odriver = vSurge.create_odriver

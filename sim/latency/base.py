@@ -1,0 +1,40 @@
+"""The latency-model interface: how long one engine step takes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from sim.latency.batch_shape import BatchShape
+
+
+def check_decode_run(num_seqs: int, kv_tokens_read: int, num_steps: int) -> None:
+    """Validate :meth:`LatencyModel.decode_run_times` arguments."""
+    if num_seqs < 1:
+        raise ValueError(f"decode run needs num_seqs >= 1, got {num_seqs}")
+    if kv_tokens_read < num_seqs:
+        raise ValueError(f"decode run needs kv_tokens_read >= num_seqs ({num_seqs}), got {kv_tokens_read}")
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+
+
+class LatencyModel(ABC):
+    """Maps a :class:`BatchShape` to seconds. Subclasses must be deterministic and side-effect free."""
+
+    @abstractmethod
+    def step_time(self, shape: BatchShape) -> float:
+        """Seconds for one engine step of ``shape``."""
+
+    def decode_run_times(self, num_seqs: int, kv_tokens_read: int, num_steps: int) -> np.ndarray:
+        """Durations of ``num_steps`` decode-only steps of ``num_seqs`` sequences.
+
+        Step ``k`` reads ``kv_tokens_read + k * num_seqs`` context tokens (each sequence grows by one
+        token per step). Must equal calling :meth:`step_time` step by step; subclasses override this
+        with a vectorized closed form so the simulator can fast-forward long decode runs.
+        """
+        check_decode_run(num_seqs, kv_tokens_read, num_steps)
+        return np.array(
+            [self.step_time(BatchShape.decode_only(num_seqs, kv_tokens_read + k * num_seqs)) for k in range(num_steps)],
+            dtype=np.float64,
+        )

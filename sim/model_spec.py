@@ -1,0 +1,248 @@
+"""Model architecture specs (Llama-style decoder: GQA attention + gated MLP), registered by name.
+
+Parameter counts assume no biases, RMSNorm weights only, and a gated (SwiGLU) MLP with three
+``hidden x intermediate`` matrices — true for the Llama family and the project's tiny model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from sim.hardware import Accelerator
+
+_HF_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def causal_attention_pairs(q_len: int, kv_len: int) -> int:
+    """Query x key pairs of a causal chunk: ``q_len`` new tokens at the end of ``kv_len`` tokens.
+
+    Query ``i`` (0-based) sees ``kv_len - q_len + i + 1`` keys; a decode (q_len 1) sees ``kv_len``.
+    """
+    if not 0 <= q_len <= kv_len:
+        raise ValueError(f"need 0 <= q_len <= kv_len, got q_len={q_len}, kv_len={kv_len}")
+    return q_len * (kv_len - q_len) + q_len * (q_len + 1) // 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a decoder-only transformer; ``dtype_bytes`` applies to weights and KV cache."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    dtype_bytes: int = 2
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for field_name in (
+            "num_layers",
+            "hidden_size",
+            "num_q_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+            "dtype_bytes",
+        ):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {self.name!r}: {field_name} must be a positive int, got {value!r}")
+        if self.num_q_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model {self.name!r}: num_q_heads={self.num_q_heads} is not a multiple "
+                f"of num_kv_heads={self.num_kv_heads}"
+            )
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """Weights of one layer's matmuls: q, k, v, o projections and the gated MLP."""
+        q_out = self.num_q_heads * self.head_dim
+        kv_out = self.num_kv_heads * self.head_dim
+        attention = self.hidden_size * (q_out + 2 * kv_out) + q_out * self.hidden_size
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        return attention + mlp
+
+    @property
+    def num_parameters(self) -> int:
+        """All weights: embeddings, layers (matmuls + two norms each), final norm, LM head."""
+        embedding = self.vocab_size * self.hidden_size
+        lm_head = 0 if self.tie_word_embeddings else embedding
+        layers = self.num_layers * (self.layer_matmul_params + 2 * self.hidden_size)
+        return embedding + layers + self.hidden_size + lm_head
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_parameters * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for one token across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    def kv_bytes_per_page(self, page_size: int) -> int:
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        return page_size * self.kv_bytes_per_token
+
+    @property
+    def linear_flops_per_token(self) -> int:
+        """2 x the layers' matmul weights: FLOPs per token, without embedding lookup or LM head."""
+        return 2 * self.num_layers * self.layer_matmul_params
+
+    @property
+    def lm_head_flops_per_token(self) -> int:
+        """FLOPs to turn one hidden state into logits (paid only for sampled tokens)."""
+        return 2 * self.hidden_size * self.vocab_size
+
+    @property
+    def attention_flops_per_pair(self) -> int:
+        """QK^T plus PV for one query x key pair, all heads and layers."""
+        return 4 * self.num_layers * self.num_q_heads * self.head_dim
+
+    def attention_flops(self, q_len: int, kv_len: int) -> int:
+        """Attention FLOPs of a causal chunk of ``q_len`` new tokens ending a ``kv_len``-token context."""
+        return self.attention_flops_per_pair * causal_attention_pairs(q_len, kv_len)
+
+    @classmethod
+    def from_hf_config(
+        cls, config: Mapping[str, Any], name: str | None = None, dtype_bytes: int | None = None
+    ) -> ModelSpec:
+        """Build from a Hugging Face ``config.json`` dict (Llama-style keys)."""
+        try:
+            hidden = int(config["hidden_size"])
+            q_heads = int(config["num_attention_heads"])
+            spec_name = name or config.get("_name_or_path") or config.get("model_type") or "hf-model"
+            if dtype_bytes is None:
+                dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+                if dtype not in _HF_DTYPE_BYTES:
+                    raise ValueError(f"unsupported torch_dtype {dtype!r}; pass dtype_bytes explicitly")
+                dtype_bytes = _HF_DTYPE_BYTES[dtype]
+            return cls(
+                name=str(spec_name),
+                num_layers=int(config["num_hidden_layers"]),
+                hidden_size=hidden,
+                num_q_heads=q_heads,
+                num_kv_heads=int(config.get("num_key_value_heads") or q_heads),
+                head_dim=int(config.get("head_dim") or hidden // q_heads),
+                intermediate_size=int(config["intermediate_size"]),
+                vocab_size=int(config["vocab_size"]),
+                dtype_bytes=dtype_bytes,
+                tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            )
+        except KeyError as err:
+            raise ValueError(f"HF config lacks required key {err.args[0]!r}") from None
+
+
+def num_kv_pages(accelerator: Accelerator | int, model: ModelSpec, page_size: int, hbm_utilization: float) -> int:
+    """KV-cache pages that fit: ``floor((hbm_bytes * hbm_utilization - weight_bytes) / kv_bytes_per_page)``.
+
+    ``accelerator`` may be an :class:`Accelerator` or a plain byte count (e.g. measured device memory).
+    """
+    hbm_bytes = accelerator.hbm_bytes if isinstance(accelerator, Accelerator) else int(accelerator)
+    if not 0 < hbm_utilization <= 1:
+        raise ValueError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
+    page_bytes = model.kv_bytes_per_page(page_size)
+    pages = math.floor((hbm_bytes * hbm_utilization - model.weight_bytes) / page_bytes)
+    if pages < 1:
+        raise ValueError(
+            f"no KV pages fit for {model.name!r}: hbm_bytes={hbm_bytes} x hbm_utilization={hbm_utilization}"
+            f" = {hbm_bytes * hbm_utilization:.0f} bytes, weights need {model.weight_bytes} bytes, "
+            f"one page of {page_size} tokens needs {page_bytes} bytes"
+        )
+    return pages
+
+
+_MODEL_SPECS: dict[str, ModelSpec] = {}
+MODEL_SPECS: Mapping[str, ModelSpec] = MappingProxyType(_MODEL_SPECS)
+"""Read-only view of the registered model specs; add entries with :func:`register_model_spec`."""
+
+
+def register_model_spec(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Register ``spec`` under its name; refuses to replace a different one unless ``overwrite``."""
+    existing = _MODEL_SPECS.get(spec.name)
+    if existing is not None and existing != spec and not overwrite:
+        raise ValueError(f"model spec {spec.name!r} is already registered")
+    _MODEL_SPECS[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look up a registered model spec; the error lists the known names."""
+    try:
+        return _MODEL_SPECS[name]
+    except KeyError:
+        known = ", ".join(sorted(_MODEL_SPECS)) or "(none)"
+        raise KeyError(f"unknown model spec {name!r}; registered: {known}") from None
+
+
+# Shapes from the models' public Hugging Face config.json files (meta-llama/*), bf16 weights.
+register_model_spec(
+    ModelSpec(
+        "llama-2-7b",
+        num_layers=32,
+        hidden_size=4096,
+        num_q_heads=32,
+        num_kv_heads=32,
+        head_dim=128,
+        intermediate_size=11008,
+        vocab_size=32000,
+    )
+)
+register_model_spec(
+    ModelSpec(
+        "llama-2-13b",
+        num_layers=40,
+        hidden_size=5120,
+        num_q_heads=40,
+        num_kv_heads=40,
+        head_dim=128,
+        intermediate_size=13824,
+        vocab_size=32000,
+    )
+)
+register_model_spec(
+    ModelSpec(
+        "llama-3-8b",
+        num_layers=32,
+        hidden_size=4096,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        vocab_size=128256,
+    )
+)
+register_model_spec(
+    ModelSpec(
+        "llama-3-70b",
+        num_layers=80,
+        hidden_size=8192,
+        num_q_heads=64,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=28672,
+        vocab_size=128256,
+    )
+)
+# The project's tiny benchmark model (untied embeddings).
+register_model_spec(
+    ModelSpec(
+        "tiny-bench",
+        num_layers=4,
+        hidden_size=256,
+        num_q_heads=2,
+        num_kv_heads=2,
+        head_dim=128,
+        intermediate_size=512,
+        vocab_size=1024,
+    )
+)

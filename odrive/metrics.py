@@ -55,6 +55,9 @@ class MetricsRecorder:
     def requests_frame(self) -> pd.DataFrame:
         """One row per finished/aborted/rejected request, with TTFT, TPOT, E2E and queueing delay."""
         df = pd.DataFrame(self._requests, columns=REQUEST_COLUMNS)
+        # None (never scheduled / no token) must read as NaN even when a column holds nothing else.
+        times = ["arrival_time", "first_scheduled_time", "first_token_time", "finish_time"]
+        df[times] = df[times].astype("float64")
         df["ttft"] = df["first_token_time"] - df["arrival_time"]
         df["e2e"] = df["finish_time"] - df["arrival_time"]
         df["queue_time"] = df["first_scheduled_time"] - df["arrival_time"]

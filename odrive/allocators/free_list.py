@@ -22,14 +22,17 @@ class FreeListAllocator(PageAllocator):
         self._used_slots = 0
 
     def allocate(self, request_id: str, num_tokens: int) -> bool:
+        if num_tokens < 0:
+            raise ValueError(f"request {request_id}: num_tokens must be >= 0, got {num_tokens}")
         table = self._tables.get(request_id)
+        created = table is None
         if table is None:
             table = self._tables[request_id] = []
         need = -(-num_tokens // self.page_size) - len(table)
         if need > 0:
             free = self._free
             if need > len(free):
-                if not table:
+                if created:  # all-or-nothing: forget only the entry this call made
                     del self._tables[request_id]
                 return False
             take = free.pop if self.lifo else free.popleft

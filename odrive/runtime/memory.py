@@ -52,13 +52,25 @@ def device_memory_bytes(device: jax.Device | None = None) -> tuple[int, str]:
 def plan_kv_pages(
     *, weight_bytes: int, kv_bytes_per_token: int, page_size: int, hbm_utilization: float,
     max_running: int, max_model_len: int, device_bytes: int | None = None, source: str = "",
+    num_pages_override: int | None = None,
 ) -> MemoryPlan:  # fmt: skip
-    """Size the page pool like the simulator's ``num_kv_pages``, capped at what can ever be used."""
+    """Size the page pool like the simulator's ``num_kv_pages``, capped at what can ever be used.
+
+    ``num_pages_override`` (pages including the null page) replaces the memory-derived count.
+    """
     if not 0.0 < hbm_utilization <= 1.0:
         raise ConfigError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
+    page_bytes = kv_bytes_per_token * page_size
+    pages_useful = max_running * -(-max_model_len // page_size) + 1
+    if num_pages_override is not None:
+        if num_pages_override < 2:
+            raise ConfigError(f"num_pages must be >= 2 (page 0 is the null page), got {num_pages_override}")
+        plan = MemoryPlan(0, "num_pages override", hbm_utilization, weight_bytes, page_bytes, num_pages_override,
+                          pages_useful, num_pages_override)
+        log.info(plan.describe())
+        return plan
     if device_bytes is None:
         device_bytes, source = device_memory_bytes()
-    page_bytes = kv_bytes_per_token * page_size
     pages_fit = int((device_bytes * hbm_utilization - weight_bytes) // page_bytes)
     if pages_fit < 2:
         raise ConfigError(
@@ -66,7 +78,6 @@ def plan_kv_pages(
             f"{(device_bytes * hbm_utilization - weight_bytes) / 2**20:.1f} MiB after {weight_bytes / 2**20:.1f} MiB "
             f"of weights: room for {max(pages_fit, 0)} KV pages of {page_bytes} bytes; at least 2 are needed"
         )
-    pages_useful = max_running * -(-max_model_len // page_size) + 1
     plan = MemoryPlan(device_bytes, source, hbm_utilization, weight_bytes, page_bytes, pages_fit, pages_useful,
                       min(pages_fit, pages_useful))
     log.info(plan.describe())

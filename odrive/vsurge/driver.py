@@ -74,9 +74,12 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         max_num_batched_tokens: int | None = None,
         check_invariants: bool = False,
         record_steps: bool = True,
+        num_pages: int | None = None,
     ) -> vSurge:
         """Every argument acts: see docs in the README. ``max_length`` caps prompt + generated tokens
         (default ``2 × max_prefill_length``); ``max_concurrent_decodes`` defaults to 8 × max_concurrent_prefill.
+        ``num_pages`` overrides the page count the ``hbm_utilization`` plan gives (like vLLM's
+        ``num_gpu_blocks_override``), e.g. to reproduce a memory-pressure experiment on any device.
         """
         if not isinstance(model, Model):
             model = load_model(model)
@@ -100,6 +103,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             hbm_utilization=hbm_utilization,
             max_running=max_concurrent_decodes,
             max_model_len=max_length,
+            num_pages_override=num_pages,
         )
         pages_per_seq = -(-max_length // page_size)
         builder = BatchBuilder(
@@ -124,6 +128,8 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
     # --- requests -----------------------------------------------------------------------------------
     def _tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("empty prompt: the prompt text is empty")
             if self.processor is None:
                 raise ValueError("a text prompt needs a processor; pass token ids or create_odriver(processor=...)")
             return prompt, self.processor.encode(prompt)
@@ -239,7 +245,9 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
 
     # --- user API -----------------------------------------------------------------------------------
     def generate(
-        self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[GenerationResult]:
         """Generate for each prompt; every prompt is validated before any is queued."""
         batch = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
@@ -279,7 +287,9 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         handles = [self.submit(p, sampling_params) for p in batch]
         return [await h.aresult() for h in handles]
 
-    async def astream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> AsyncIterator[StreamDelta]:
+    async def astream(
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None
+    ) -> AsyncIterator[StreamDelta]:
         """Async ``stream`` (starts the background engine thread if needed)."""
         self.start()
         loop = asyncio.get_running_loop()

@@ -1,0 +1,236 @@
+"""Llama-family model configuration parsed from / written to HF ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odrive.models.dtypes import DTypeLike, resolve_dtype
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+class ModelConfigError(ValueError):
+    """Raised when a model config is invalid or describes an unsupported model."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling ("linear" or "llama3"); hashable so configs can be jit-static."""
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any] | None) -> RopeScaling | None:
+        """Parse HF ``rope_scaling`` / ``rope_parameters``; returns None for unscaled ("default") RoPE."""
+        if not d:
+            return None
+        rope_type = d.get("rope_type", d.get("type", "default"))
+        if rope_type == "default":
+            return None
+        if rope_type not in ("linear", "llama3"):
+            raise ModelConfigError(
+                f"unsupported rope_scaling type {rope_type!r}; supported: None/'default', 'linear', 'llama3'"
+            )
+        keys = ["factor"]
+        if rope_type == "llama3":
+            keys += ["low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+        missing = [k for k in keys if d.get(k) is None]
+        if missing:
+            raise ModelConfigError(f"rope_scaling type {rope_type!r} is missing required field(s) {missing}")
+        scaling = cls(rope_type, *(d[k] for k in keys))
+        if scaling.factor <= 0:
+            raise ModelConfigError(f"rope_scaling factor must be > 0, got {scaling.factor}")
+        if rope_type == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
+            raise ModelConfigError("rope_scaling llama3 requires high_freq_factor > low_freq_factor")
+        return scaling
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"rope_type": self.rope_type, "factor": self.factor}
+        if self.rope_type == "llama3":
+            d["low_freq_factor"] = self.low_freq_factor
+            d["high_freq_factor"] = self.high_freq_factor
+            d["original_max_position_embeddings"] = self.original_max_position_embeddings
+        return d
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Decoder hyper-parameters. Frozen and hashable, so it can be a static ``jax.jit`` argument."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None  # None -> num_attention_heads (MHA)
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    torch_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling.from_hf_dict(self.rope_scaling))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        for name in _REQUIRED + ("max_position_embeddings",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ModelConfigError(
+                    f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                    f"({self.num_attention_heads}) and head_dim is not given"
+                )
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.num_key_value_heads <= 0 or self.head_dim <= 0:
+            raise ModelConfigError("num_key_value_heads and head_dim must be positive")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ModelConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads}) for grouped-query attention"
+            )
+        if self.head_dim % 2:
+            raise ModelConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
+            raise ModelConfigError("rms_norm_eps and rope_theta must be > 0")
+        try:
+            object.__setattr__(self, "torch_dtype", resolve_dtype(self.torch_dtype).name)
+        except (TypeError, ValueError) as e:
+            raise ModelConfigError(f"torch_dtype: {e}") from e
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def num_queries_per_kv(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """EOS ids as a tuple (empty when unset)."""
+        if self.eos_token_id is None:
+            return ()
+        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+
+    def kv_bytes_per_token(self, dtype: DTypeLike | None = None) -> int:
+        """Bytes of K+V cache per token across all layers (defaults to ``torch_dtype``)."""
+        itemsize = resolve_dtype(self.torch_dtype if dtype is None else dtype).itemsize
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * itemsize
+
+    def num_parameters(self) -> int:
+        """Total number of weights (embeddings counted once when tied)."""
+        h = self.hidden_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        per_layer = 2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size + 2 * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + self.num_hidden_layers * per_layer + h + head
+
+    # ------------------------------------------------------------------ HF conversion
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> LlamaConfig:
+        """Build from a HF ``config.json`` dict, rejecting architectures this decoder cannot run exactly."""
+        _check_architecture(d)
+        missing = [k for k in _REQUIRED if k not in d]
+        if missing:
+            raise ModelConfigError(f"config is missing required field(s) {missing}")
+        rope_params = d.get("rope_parameters") or {}
+        if "layer_types" in d and any(t != "full_attention" for t in d["layer_types"] or ()):
+            raise ModelConfigError("per-layer attention types (sliding/hybrid) are not supported")
+        rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        scaling = d.get("rope_scaling") or rope_params or None
+        partial = (scaling or {}).get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+        if partial not in (None, 1.0):
+            raise ModelConfigError(f"partial_rotary_factor={partial} is not supported")
+        eos = d.get("eos_token_id", 2)
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads"),
+            head_dim=d.get("head_dim"),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            rope_scaling=RopeScaling.from_hf_dict(scaling),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            bos_token_id=d.get("bos_token_id", 1),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"),
+        )
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> LlamaConfig:
+        """Read a HF ``config.json`` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelConfigError(f"{path} is not valid JSON: {e}") from e
+        return cls.from_hf_dict(d)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """HF ``config.json`` dict loadable by ``transformers.LlamaForCausalLM`` (v4 and v5 formats)."""
+        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling.to_hf_dict() if self.rope_scaling else None,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "torch_dtype": self.torch_dtype,
+        }
+
+
+def _check_architecture(d: dict[str, Any]) -> None:
+    """Accept Llama, and Mistral only when it is exactly Llama (no sliding window)."""
+    model_type = d.get("model_type", "llama")
+    archs = d.get("architectures") or []
+    if model_type not in SUPPORTED_MODEL_TYPES or any(a not in SUPPORTED_ARCHITECTURES for a in archs):
+        hint = " (qwen2 uses q/k/v projection biases)" if model_type.startswith("qwen") else ""
+        raise ModelConfigError(
+            f"unsupported architecture: model_type={model_type!r}, architectures={archs}{hint}; "
+            f"supported model_type {SUPPORTED_MODEL_TYPES}, architectures {SUPPORTED_ARCHITECTURES}"
+        )
+    window = d.get("sliding_window")
+    if window is not None and d.get("use_sliding_window", True) and window < d.get("max_position_embeddings", 2048):
+        raise ModelConfigError(f"sliding_window={window} attention is not supported (only full causal attention)")
+    if d.get("hidden_act", "silu") != "silu":
+        raise ModelConfigError(f"hidden_act={d['hidden_act']!r} is not supported (only 'silu')")
+    for flag in ("attention_bias", "mlp_bias"):
+        if d.get(flag):
+            raise ModelConfigError(f"{flag}=true is not supported (projections must be bias-free)")

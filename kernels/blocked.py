@@ -1,0 +1,186 @@
+"""Ragged paged attention that walks the KV cache block by block with an online softmax.
+
+Two passes over the batch, each looping (``fori_loop`` with traced trip counts) only over the KV blocks a
+sequence really has, so cost follows real context length rather than the page-table capacity:
+
+* decode pass: sequences with exactly one new token, batched together; one gather of ``pages_per_block``
+  pages per sequence per step, up to the longest decode context in the batch;
+* prefill pass: sequences with ``q_len > 1`` one at a time, tiled into ``q_block`` query rows; each tile
+  reads its sequence's pages once for all its rows and stops at its last causal position.
+
+Default tile sizes (256 KV tokens, 128 query rows) come from a sweep with benchmarks/bench_paged_attention.py
+on CPU; small tiles only cost more loop steps.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from kernels.batch_layout import query_lens
+from kernels.softmax import SoftmaxState, absorb_scores, finish_softmax, init_softmax_state, resolve_scale
+
+NEG_INF = -jnp.inf
+
+
+def _cdiv(a: jax.Array, b: int) -> jax.Array:
+    return (a + b - 1) // b
+
+
+def _gather_block(
+    pages: jax.Array, page_table: jax.Array, block: jax.Array, pages_per_block: int
+) -> jax.Array:
+    """Pages ``[block * ppb, (block + 1) * ppb)`` of every row of ``page_table`` as float32 tokens.
+
+    ``page_table``: ``[..., padded_pages]`` -> ``[kv_heads, ..., ppb * page_size, head_dim]``.
+    """
+    ids = jax.lax.dynamic_slice_in_dim(page_table, block * pages_per_block, pages_per_block, axis=-1)
+    kv_heads, _, page_size, head_dim = pages.shape
+    gathered = pages[:, ids]  # [kv_heads, ..., ppb, page_size, head_dim]
+    return gathered.reshape(kv_heads, *ids.shape[:-1], pages_per_block * page_size, head_dim).astype(
+        jnp.float32
+    )
+
+
+def _decode_pass(
+    out: jax.Array,
+    q: jax.Array,
+    k_pages: jax.Array,
+    v_pages: jax.Array,
+    kv_lens: jax.Array,
+    page_table: jax.Array,
+    cu_q_lens: jax.Array,
+    q_lens: jax.Array,
+    scale: float,
+    pages_per_block: int,
+) -> jax.Array:
+    """Attention for all single-token sequences at once, written into their rows of ``out``."""
+    max_seqs = kv_lens.shape[0]
+    num_q_heads, head_dim = q.shape[1:]
+    kv_heads, _, page_size, _ = k_pages.shape
+    group = num_q_heads // kv_heads
+    block_tokens = pages_per_block * page_size
+
+    is_decode = q_lens == 1
+    context = jnp.where(is_decode, kv_lens, 0)
+    rows = jnp.clip(cu_q_lens[:-1], 0, q.shape[0] - 1)
+    qd = q[rows].astype(jnp.float32).reshape(max_seqs, kv_heads, group, head_dim) * scale
+
+    def step(block: jax.Array, state: SoftmaxState) -> SoftmaxState:
+        keys = _gather_block(k_pages, page_table, block, pages_per_block)  # [H, S, K, D]
+        values = _gather_block(v_pages, page_table, block, pages_per_block)
+        scores = jnp.einsum("shgd,hskd->shgk", qd, keys)
+        visible = block * block_tokens + jnp.arange(block_tokens)[None, :] < context[:, None]
+        probs, state = absorb_scores(state, jnp.where(visible[:, None, None, :], scores, NEG_INF))
+        return state._replace(acc=state.acc + jnp.einsum("shgk,hskd->shgd", probs, values))
+
+    num_blocks = _cdiv(context.max(), block_tokens)
+    state = jax.lax.fori_loop(0, num_blocks, step, init_softmax_state((max_seqs, kv_heads, group), head_dim))
+    result = finish_softmax(state).reshape(max_seqs, num_q_heads, head_dim).astype(out.dtype)
+    targets = jnp.where(is_decode, rows, out.shape[0])  # out of range -> dropped
+    return out.at[targets].set(result, mode="drop")
+
+
+def _prefill_pass(
+    out: jax.Array,
+    q_padded: jax.Array,
+    k_pages: jax.Array,
+    v_pages: jax.Array,
+    kv_lens: jax.Array,
+    page_table: jax.Array,
+    cu_q_lens: jax.Array,
+    q_lens: jax.Array,
+    num_seqs: jax.Array,
+    scale: float,
+    pages_per_block: int,
+    q_block: int,
+) -> jax.Array:
+    """Attention for every multi-token sequence, tile by tile, merged into its rows of ``out``."""
+    num_q_heads, head_dim = q_padded.shape[1:]
+    kv_heads, _, page_size, _ = k_pages.shape
+    group = num_q_heads // kv_heads
+    block_tokens = pages_per_block * page_size
+
+    def q_tile(seq: jax.Array, tile: jax.Array, out: jax.Array) -> jax.Array:
+        q_len, kv_len = q_lens[seq], kv_lens[seq]
+        start = cu_q_lens[seq] + tile * q_block
+        row = tile * q_block + jnp.arange(q_block)
+        position = kv_len - q_len + row  # [q_block]
+        qt = jax.lax.dynamic_slice_in_dim(q_padded, start, q_block).astype(jnp.float32) * scale
+        qt = qt.reshape(q_block, kv_heads, group, head_dim)
+        table = page_table[seq]
+
+        def step(block: jax.Array, state: SoftmaxState) -> SoftmaxState:
+            keys = _gather_block(k_pages, table, block, pages_per_block)  # [H, K, D]
+            values = _gather_block(v_pages, table, block, pages_per_block)
+            scores = jnp.einsum("qhgd,hkd->hgqk", qt, keys)
+            visible = block * block_tokens + jnp.arange(block_tokens)[None, :] <= position[:, None]
+            probs, state = absorb_scores(state, jnp.where(visible, scores, NEG_INF))
+            return state._replace(acc=state.acc + jnp.einsum("hgqk,hkd->hgqd", probs, values))
+
+        last_position = kv_len - q_len + jnp.minimum((tile + 1) * q_block, q_len) - 1
+        init = init_softmax_state((kv_heads, group, q_block), head_dim)
+        state = jax.lax.fori_loop(0, last_position // block_tokens + 1, step, init)
+        result = jnp.moveaxis(finish_softmax(state), 2, 0).reshape(q_block, num_q_heads, head_dim)
+        previous = jax.lax.dynamic_slice_in_dim(out, start, q_block)
+        merged = jnp.where((row < q_len)[:, None, None], result.astype(out.dtype), previous)
+        return jax.lax.dynamic_update_slice_in_dim(out, merged, start, axis=0)
+
+    def one_sequence(seq: jax.Array, out: jax.Array) -> jax.Array:
+        q_len = q_lens[seq]
+        num_tiles = jnp.where(q_len > 1, _cdiv(q_len, q_block), 0)
+        return jax.lax.fori_loop(0, num_tiles, functools.partial(q_tile, seq), out)
+
+    return jax.lax.fori_loop(0, num_seqs, one_sequence, out)
+
+
+@functools.partial(jax.jit, static_argnames=("sm_scale", "kv_block_tokens", "q_block"))
+def ragged_paged_attention_blocked(
+    q: jax.Array,
+    k_pages: jax.Array,
+    v_pages: jax.Array,
+    kv_lens: jax.Array,
+    page_indices: jax.Array,
+    cu_q_lens: jax.Array,
+    num_seqs: jax.Array,
+    *,
+    sm_scale: float | None = None,
+    kv_block_tokens: int = 256,
+    q_block: int = 128,
+) -> jax.Array:
+    """Same contract as ``ragged_paged_attention_reference``; KV is read ``kv_block_tokens`` at a time."""
+    num_tokens, _, head_dim = q.shape
+    page_size = k_pages.shape[2]
+    max_seqs, pages_per_seq = page_indices.shape
+    pages_per_block = max(1, min(pages_per_seq, kv_block_tokens // page_size))
+    q_block = max(1, min(q_block, num_tokens))
+    scale = resolve_scale(sm_scale, head_dim)
+
+    num_seqs = jnp.minimum(jnp.asarray(num_seqs, jnp.int32), max_seqs)
+    q_lens = query_lens(cu_q_lens, num_seqs)
+    table_pad = -pages_per_seq % pages_per_block
+    page_table = jnp.pad(page_indices.astype(jnp.int32), ((0, 0), (0, table_pad)))
+    tail = jnp.zeros((q_block, *q.shape[1:]), q.dtype)  # tiles may run past the last row
+    q_padded = jnp.concatenate([q, tail])
+
+    out = jnp.zeros_like(q_padded)
+    out = _prefill_pass(
+        out,
+        q_padded,
+        k_pages,
+        v_pages,
+        kv_lens,
+        page_table,
+        cu_q_lens,
+        q_lens,
+        num_seqs,
+        scale,
+        pages_per_block,
+        q_block,
+    )
+    out = _decode_pass(
+        out, q, k_pages, v_pages, kv_lens, page_table, cu_q_lens, q_lens, scale, pages_per_block
+    )
+    return out[:num_tokens]

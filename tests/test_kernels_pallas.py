@@ -1,0 +1,102 @@
+"""The Pallas kernel, run in interpret mode on CPU, against per-sequence dense attention.
+
+Interpret mode is slow to compile, so these cases are few and small.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import export
+
+from kernels import ragged_paged_attention_pallas
+from kernels.pallas_attention import pallas_supports
+from kernels.testing import PagedBatch, make_paged_batch
+
+MAX_CONTEXT, NUM_TOKENS, MAX_SEQS = 24, 24, 4
+GQA = (4, 2, 16)  # (q heads, kv heads, head dim)
+CONFIGS = [(1, GQA), (4, GQA), (16, GQA), (8, (8, 1, 32))]  # (page size, head shape)
+
+pallas_interpret = functools.partial(ragged_paged_attention_pallas, interpret=True)
+sequences = st.tuples(st.integers(0, 12), st.one_of(st.just(1), st.integers(2, 8)))
+
+
+def build(
+    seqs: list[tuple[int, int]], page_size: int, head_shape: tuple[int, int, int], seed: int = 0, **kw: object
+) -> PagedBatch:
+    num_q_heads, kv_heads, head_dim = head_shape
+    return make_paged_batch(
+        np.random.default_rng(seed),
+        prior_lens=[prior for prior, _ in seqs],
+        q_lens=[new for _, new in seqs],
+        page_size=page_size,
+        num_q_heads=num_q_heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        num_tokens=NUM_TOKENS,
+        max_seqs=MAX_SEQS,
+        pages_per_seq=-(-MAX_CONTEXT // page_size),
+        **kw,
+    )
+
+
+def check(batch: PagedBatch, atol: float = 2e-5) -> None:
+    out = pallas_interpret(*batch.args())
+    assert out.shape == batch.q.shape and out.dtype == batch.q.dtype
+    expected = batch.expected(pad_to=MAX_CONTEXT)
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=atol, rtol=atol)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seqs=st.lists(sequences, min_size=1, max_size=3),
+    config=st.sampled_from(CONFIGS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_dense_attention(
+    seqs: list[tuple[int, int]], config: tuple[int, tuple[int, int, int]], seed: int
+) -> None:
+    check(build(seqs, *config, seed))
+
+
+@pytest.mark.parametrize(
+    ("seqs", "page_size"),
+    [([(0, 1)], 4), ([(15, 1), (8, 8)], 4), ([(23, 1), (0, 16)], 16)],
+    ids=["single-token", "context-multiple-of-page", "full-page-table"],
+)
+def test_edge_cases(seqs: list[tuple[int, int]], page_size: int) -> None:
+    check(build(seqs, page_size, GQA))
+
+
+def test_bfloat16() -> None:
+    check(build([(5, 1), (3, 6)], 4, GQA, dtype=jnp.bfloat16), atol=3e-2)
+
+
+def test_all_padding_gives_zeros() -> None:
+    batch = build([(6, 1)], 4, GQA)
+    out = pallas_interpret(*batch.args()[:-1], jnp.asarray(0, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+
+
+def test_lowers_to_triton_for_cuda() -> None:
+    """Without a GPU, at least check the kernel passes the Pallas Triton lowering (power-of-2 tiles, ops)."""
+    batch = build([(5, 1), (9, 6)], 16, (8, 2, 64))
+    exported = export.export(
+        jax.jit(ragged_paged_attention_pallas),
+        platforms=("cuda",),
+        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*batch.args())
+    assert "xla.gpu.triton" in exported.mlir_module()
+
+
+def test_shape_support_check() -> None:
+    k_pages = jnp.zeros((2, 3, 16, 64))
+    assert pallas_supports(jnp.zeros((1, 8, 64)), k_pages)
+    assert not pallas_supports(jnp.zeros((1, 6, 64)), k_pages)  # group of 3
+    assert not pallas_supports(jnp.zeros((1, 8, 48)), jnp.zeros((2, 3, 16, 48)))

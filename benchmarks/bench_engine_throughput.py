@@ -18,8 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import odrive  # noqa: E402
 from checkpoints import build_tiny_checkpoint  # noqa: E402
+
+import odrive  # noqa: E402
 
 ESURGE_TOKENS_PER_S = (49.0, 84.0)
 

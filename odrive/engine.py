@@ -11,7 +11,7 @@ import numpy as np
 from odrive.errors import InvariantViolation
 from odrive.executor import Executor, SeqChunk
 from odrive.invariants import check_plan
-from odrive.metrics import MetricsRecorder
+from odrive.metrics import MetricsRecorder, PageUsage
 from odrive.request import FinishReason, Request, RequestStatus
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
@@ -147,11 +147,12 @@ class Engine:
         if num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0:
             num_steps = self._steady_run_length(plan, batch)
         if num_steps > 1:
-            duration, num_steps = self._run_decodes(batch, num_steps, horizon)
+            duration, num_steps, usage = self._run_decodes(batch, num_steps, horizon)
             sampled = None
         else:
             result = self.executor.execute(batch)
             duration, sampled = result.duration, result.sampled_token_ids
+            usage = PageUsage.of(self.allocator.stats())  # pages in use during the step, before finishes free any
         end = now + duration
         outcome = StepOutcome(now, duration, num_steps, plan)
         for chunk in batch:
@@ -160,7 +161,7 @@ class Engine:
             self.allocator.check_invariants()
         self.metrics.on_step(
             now, duration, num_steps, num_prefill_seqs, num_prefill_tokens, len(batch) - num_prefill_seqs,
-            len(plan.preempted), len(outcome.finished), self.allocator.stats(), len(sched.waiting),
+            len(plan.preempted), len(outcome.finished), usage, len(sched.waiting),
             len(sched.running),
         )  # fmt: skip
         return outcome
@@ -242,12 +243,26 @@ class Engine:
                 hi = mid
         return lo
 
-    def _run_decodes(self, batch: list[SeqChunk], num_steps: int, horizon: float) -> tuple[float, int]:
+    def _run_decodes(self, batch: list[SeqChunk], num_steps: int, horizon: float) -> tuple[float, int, PageUsage]:
         durations = self.executor.decode_run_durations(batch, num_steps)
         ends = np.cumsum(durations)
         # Steps that start before the next arrival run; the step starting at/after it must see it.
         num_steps = max(1, int(np.searchsorted(ends - durations, horizon, side="left")))
+        durations = durations[:num_steps]
+        before = self.allocator.stats()
+        ps = self.allocator.page_size
+        kv = np.array([c.kv_len for c in batch], dtype=np.int64)
+        held = np.array([len(c.page_table) for c in batch], dtype=np.int64)
         for c in batch:
             if not self.allocator.allocate(c.request_id, c.kv_len + num_steps - 1):
                 raise InvariantViolation("fast-forward-pages", f"request {c.request_id} ran out of pages")
-        return float(ends[num_steps - 1]), num_steps
+        # Pool use during each step of the run, as stepping one at a time would have recorded it.
+        step = np.arange(num_steps, dtype=np.int64)[:, None]
+        pages = np.maximum(held, -(-(kv + step) // ps)).sum(axis=1) + (before.used_pages - held.sum())
+        used = before.used_slots + len(batch) * step[:, 0]
+        allocated = pages * ps
+        frag = 1.0 - used / allocated
+        w = durations / durations.sum() if durations.sum() > 0 else np.full(num_steps, 1.0 / num_steps)
+        usage = PageUsage(before.num_pages, float(pages @ w), int(pages.max()), float(allocated @ w),
+                          float(used @ w), float(frag @ w))
+        return float(ends[num_steps - 1]), num_steps, usage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,27 @@ REQUEST_COLUMNS = [
 ]  # fmt: skip
 STEP_COLUMNS = [
     "time", "duration", "num_steps", "num_prefill_seqs", "num_prefill_tokens", "num_decode_seqs",
-    "num_preempted", "num_finished", "pages_used", "pages_free", "allocated_slots", "used_slots",
-    "num_waiting", "num_running",
+    "num_preempted", "num_finished", "pages_used", "pages_used_max", "pages_free", "allocated_slots",
+    "used_slots", "fragmentation", "num_waiting", "num_running",
 ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PageUsage:
+    """KV pool use while a step (or a fast-forwarded run of steps) executes, duration-weighted over the
+    run: mean pages in use, the peak, mean allocated/used slots and mean internal fragmentation."""
+
+    num_pages: int
+    pages_used: float
+    pages_used_max: int
+    allocated_slots: float
+    used_slots: float
+    fragmentation: float
+
+    @classmethod
+    def of(cls, stats: AllocatorStats) -> PageUsage:
+        return cls(stats.num_pages, stats.used_pages, stats.used_pages, stats.allocated_slots, stats.used_slots,
+                   stats.internal_fragmentation)
 
 
 class MetricsRecorder:
@@ -38,14 +57,15 @@ class MetricsRecorder:
 
     def on_step(
         self, time: float, duration: float, num_steps: int, num_prefill_seqs: int, num_prefill_tokens: int,
-        num_decode_seqs: int, num_preempted: int, num_finished: int, stats: AllocatorStats,
+        num_decode_seqs: int, num_preempted: int, num_finished: int, usage: PageUsage,
         num_waiting: int, num_running: int,
     ) -> None:  # fmt: skip
         if self.record_steps:
             self._steps.append((
                 time, duration, num_steps, num_prefill_seqs, num_prefill_tokens, num_decode_seqs,
-                num_preempted, num_finished, stats.used_pages, stats.free_pages, stats.allocated_slots,
-                stats.used_slots, num_waiting, num_running,
+                num_preempted, num_finished, usage.pages_used, usage.pages_used_max,
+                usage.num_pages - usage.pages_used, usage.allocated_slots, usage.used_slots, usage.fragmentation,
+                num_waiting, num_running,
             ))  # fmt: skip
 
     @property
@@ -69,7 +89,6 @@ class MetricsRecorder:
         """One row per engine step (a fast-forwarded decode run is one row with ``num_steps`` > 1)."""
         df = pd.DataFrame(self._steps, columns=STEP_COLUMNS)
         df["utilization"] = df["pages_used"] / (df["pages_used"] + df["pages_free"])
-        df["fragmentation"] = (1.0 - df["used_slots"] / df["allocated_slots"]).where(df["allocated_slots"] > 0, 0.0)
         return df
 
 
@@ -97,7 +116,7 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.S
     if steps is not None and len(steps):
         w = steps["duration"].to_numpy()
         out["mean_page_utilization"] = float(np.average(steps["utilization"], weights=w)) if w.sum() else math.nan
-        out["peak_pages_used"] = float(steps["pages_used"].max())
+        out["peak_pages_used"] = float(steps["pages_used_max"].max())
         out["mean_fragmentation"] = float(np.average(steps["fragmentation"], weights=w)) if w.sum() else math.nan
         out["num_steps"] = float(steps["num_steps"].sum())
     return pd.Series(out)

@@ -33,6 +33,7 @@ class SimResult:
     requests: pd.DataFrame
     steps: pd.DataFrame
     summary: pd.Series
+    free_pages_at_end: int = -1  # the pool after the run: every usable page when nothing leaked
 
 
 def build_engine(config: SimConfig, metrics: MetricsRecorder | None = None) -> Engine:
@@ -71,6 +72,7 @@ class Simulator:
         prios = workload.priorities
         self._priorities = prios.tolist() if prios is not None else [0] * len(self._times)
         self._next = 0
+        self._error: BaseException | None = None
 
     @property
     def next_arrival(self) -> float:
@@ -91,6 +93,14 @@ class Simulator:
             engine.add_request(request)
 
     def _loop(self, bar: tqdm | None):  # simpy process
+        # simpy re-raises a failed process's exception as ``type(err)(*err.args)``, which breaks (or
+        # strips) exceptions such as InvariantViolation; keep the original and raise it from run().
+        try:
+            yield from self._steps(bar)
+        except Exception as err:
+            self._error = err
+
+    def _steps(self, bar: tqdm | None):
         env, engine = self.env, self.engine
         done_before = 0
         while True:
@@ -116,13 +126,16 @@ class Simulator:
         with bar:
             self.env.process(self._loop(bar))
             self.env.run()
+            if self._error is not None:
+                raise self._error
             bar.update(self.engine.metrics.num_done - bar.n)
         metrics = self.engine.metrics
         requests = metrics.requests_frame().sort_values("arrival_time", kind="stable").reset_index(drop=True)
         steps = metrics.steps_frame()
         summary = summarize(requests, steps if len(steps) else None)
         summary["num_pages"] = float(self.engine.allocator.num_usable_pages)
-        return SimResult(self.config, self.engine.allocator.num_pages, requests, steps, summary)
+        return SimResult(self.config, self.engine.allocator.num_pages, requests, steps, summary,
+                         self.engine.allocator.num_free_pages)
 
 
 def simulate(config: SimConfig, workload: Workload, *, progress: bool = False) -> SimResult:

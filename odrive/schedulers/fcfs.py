@@ -50,6 +50,10 @@ class FCFSScheduler(Scheduler):
             budget -= n
             if n == req.num_tokens_to_compute:
                 del self._partial[req.request_id]
+        if plan.preempted:
+            # Out of pages: admitting now would re-admit the request just preempted (it heads the
+            # queue) and recompute what was thrown away, step after step, while nothing else runs.
+            return
         while (
             self.waiting
             and len(tokens) < cfg.max_concurrent_prefill

@@ -9,6 +9,9 @@ class InvariantViolation(AssertionError):
         self.invariant = invariant
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across sweep worker processes
+        return (type(self), (self.invariant, self.detail))
+
 
 class ConfigError(ValueError):
     """An engine configuration that cannot work."""

@@ -300,3 +300,14 @@ def test_every_named_invariant_has_a_trigger_here() -> None:
         source = inspect.getsource(module)
         names |= set(re.findall(r"InvariantViolation\(\s*\"([a-z0-9-]+)\"", source))
     assert names == TRIGGERED
+
+
+def test_invariant_violation_survives_pickling() -> None:
+    """Sweeps run simulations in worker processes: the error must cross process boundaries intact."""
+    import pickle
+
+    from odrive.errors import InvariantViolation
+
+    err = pickle.loads(pickle.dumps(InvariantViolation("token-budget", "9 > 8")))
+    assert err.invariant == "token-budget" and err.detail == "9 > 8"
+    assert "token-budget" in str(err)

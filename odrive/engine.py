@@ -58,6 +58,7 @@ class Engine:
         self.check_invariants = check_invariants
         self.stop_checker = stop_checker
         self.requests: dict[str, Request] = {}
+        self._caching = self.allocator.supports_prefix_caching
 
     # --- admission ------------------------------------------------------------------------------
     def validate(self, request: Request) -> str | None:
@@ -144,7 +145,7 @@ class Engine:
             start = req.num_computed_tokens
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
         num_steps = 1
-        if num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0:
+        if num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0 and not self._caching:
             num_steps = self._steady_run_length(plan, batch)
         if num_steps > 1:
             duration, num_steps, usage = self._run_decodes(batch, num_steps, horizon)
@@ -176,6 +177,8 @@ class Engine:
             req.num_output_tokens += num_steps
         else:
             req.num_computed_tokens += chunk.num_tokens
+            if self._caching:
+                self.allocator.commit(req)
             if not chunk.sample:
                 return
             token = None if sampled is None else sampled[req.request_id]

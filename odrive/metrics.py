@@ -13,7 +13,7 @@ from odrive.request import Request
 
 REQUEST_COLUMNS = [
     "request_id", "status", "finish_reason", "arrival_time", "first_scheduled_time", "first_token_time",
-    "finish_time", "num_prompt_tokens", "num_output_tokens", "num_preemptions", "message",
+    "finish_time", "num_prompt_tokens", "num_output_tokens", "num_preemptions", "num_cached_tokens", "message",
 ]  # fmt: skip
 STEP_COLUMNS = [
     "time", "duration", "num_steps", "num_prefill_seqs", "num_prefill_tokens", "num_decode_seqs",
@@ -52,7 +52,7 @@ class MetricsRecorder:
         self._requests.append((
             r.request_id, r.status.value, r.finish_reason.value if r.finish_reason else None, r.arrival_time,
             r.first_scheduled_time, r.first_token_time, r.finish_time, r.num_prompt_tokens,
-            r.num_output_tokens, r.num_preemptions, r.status_message,
+            r.num_output_tokens, r.num_preemptions, r.num_cached_tokens, r.status_message,
         ))  # fmt: skip
 
     def on_step(

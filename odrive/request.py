@@ -51,6 +51,7 @@ class Request:
     num_output_tokens: int = 0
     num_computed_tokens: int = 0
     num_preemptions: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at (last) admission
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finish_time: float | None = None

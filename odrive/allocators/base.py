@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from odrive.errors import ConfigError, InvariantViolation
+from odrive.request import Request
 
 NULL_PAGE = 0
 
@@ -75,6 +76,23 @@ class PageAllocator(ABC):
 
     @abstractmethod
     def free_page_ids(self) -> list[int]: ...
+
+    # --- prefix caching hooks (no-ops unless an allocator caches pages) ---------------------------
+    supports_prefix_caching: bool = False
+
+    def match_prefix(self, request: Request, max_tokens: int) -> int:
+        """At admission: attach cached full pages holding a prefix of ``request``'s tokens (within its
+        first ``max_tokens``) to its page table and return how many tokens they hold (a multiple of
+        page_size). The caller treats those tokens as computed. Default: no cache, 0."""
+        return 0
+
+    def cached_prefix_length(self, request: Request) -> int:
+        """Read-only probe: tokens of ``request`` a ``match_prefix`` would find now (for cache-aware
+        scheduling). Must not change any state."""
+        return 0
+
+    def commit(self, request: Request) -> None:
+        """After a step computed tokens of ``request``: make its newly full pages hit-able. Default no-op."""
 
     # --- shared helpers -----------------------------------------------------------------------
     @property

@@ -49,6 +49,28 @@ class Scheduler(ABC):
         request.status = RequestStatus.RUNNING
         self.running[request.request_id] = request
 
+    def allocate_for_admission(self, request: Request, max_tokens: int) -> int:
+        """Give a waiting ``request`` pages for its next prefill chunk, reusing cached prefix pages.
+
+        Returns the chunk length (tokens to compute this step, at most ``max_tokens``), or 0 if the
+        pages are not available — in which case nothing changed. A prefix-cache hit advances
+        ``num_computed_tokens`` past the cached tokens (always leaving at least one token to compute,
+        so the step yields logits for the next token).
+        """
+        alloc = self.allocator
+        if request.num_computed_tokens == 0 and alloc.supports_prefix_caching:
+            cached = alloc.match_prefix(request, request.num_tokens - 1)
+            request.num_computed_tokens = cached
+            request.num_cached_tokens = cached
+        n = min(request.num_tokens_to_compute, max_tokens)
+        if not alloc.allocate(request.request_id, request.num_computed_tokens + n):
+            if request.num_computed_tokens:
+                alloc.free(request.request_id)  # drop the prefix pages matched above
+                request.num_computed_tokens = 0
+                request.num_cached_tokens = 0
+            return 0
+        return n
+
     def preempt(self, request: Request) -> None:
         """Recompute preemption: free the request's pages and queue it first for re-prefill."""
         self.allocator.free(request.request_id)

@@ -61,11 +61,10 @@ class FCFSScheduler(Scheduler):
             and len(self.running) < cfg.max_concurrent_decodes
         ):
             req = self.waiting[0]
-            n = min(req.num_tokens_to_compute, cfg.max_prefill_length)
-            if n > budget and tokens:
+            if min(req.num_tokens_to_compute, cfg.max_prefill_length) > budget and tokens:
                 return
-            n = min(n, budget)
-            if not self.allocator.allocate(req.request_id, req.num_computed_tokens + n):
+            n = self.allocate_for_admission(req, min(cfg.max_prefill_length, budget))
+            if n == 0:
                 return
             self.admit(req)
             tokens[req.request_id] = n

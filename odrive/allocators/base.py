@@ -93,6 +93,7 @@ class PageAllocator(ABC):
 
     def commit(self, request: Request) -> None:
         """After a step computed tokens of ``request``: make its newly full pages hit-able. Default no-op."""
+        return None
 
     # --- shared helpers -----------------------------------------------------------------------
     @property

@@ -1,19 +1,30 @@
-"""The ``odrive`` command: ``odrive sim ...`` (more subcommands register here)."""
+"""The ``odrive`` command. Each subcommand lives in its own module with ``add_parser(subparsers)``,
+which registers a parser whose ``run`` default handles the parsed arguments."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+SUBCOMMAND_MODULES = (
+    "sim.cli",  # odrive sim
+    "odrive.server.cli",  # odrive serve
+    "odrive.profiling.cli",  # odrive profile
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="odrive", description="simulator-first paged-attention inference")
     sub = parser.add_subparsers(dest="command", required=True)
-    from sim import cli as sim_cli
-
-    sim_parser = sub.add_parser("sim", help="simulate a trace or synthetic workload", description=sim_cli.__doc__)
-    sim_cli.add_arguments(sim_parser)
-    sim_parser.set_defaults(run=sim_cli.run)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that subcommand is not part of this checkout
+                continue
+            raise
+        module.add_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -81,3 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``odrive sim``."""
+    parser = sub.add_parser("sim", help="simulate a trace or synthetic workload", description=__doc__)
+    add_arguments(parser)
+    parser.set_defaults(run=run)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # that subcommand is not part of this checkout
+            if exc.name and name.startswith(exc.name):  # that subcommand is not part of this checkout
                 continue
             raise
         module.add_parser(sub)

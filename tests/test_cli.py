@@ -1,0 +1,33 @@
+"""The command line: ``odrive sim`` writes its tables, summary and figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from odrive.cli import main
+
+
+def test_odrive_sim_writes_tables_summary_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main([
+        "sim", "--workload", "trace:data/traces/azure_conv_2023.csv?max_requests=150", "--no-progress",
+        "--out", str(out), "--page-size", "32",
+    ])  # fmt: skip
+    assert code == 0
+    requests = pd.read_csv(out / "requests.csv")
+    assert len(requests) == 150 and (requests["status"] == "finished").all()
+    summary = pd.read_csv(out / "summary.csv", index_col=0)["value"]
+    assert summary["finished"] == 150 and summary["ttft_p50"] > 0
+    assert (out / "steps.csv").stat().st_size > 0
+    assert (out / "run.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "request_throughput" in printed and "page_size=32" in printed
+
+
+def test_unknown_policy_names_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown scheduler 'nope'; registered: .*fcfs"):
+        main(["sim", "--workload", "poisson:rate=1,n=5,prompt=10,output=5", "--scheduler", "nope",
+              "--no-progress", "--out", str(tmp_path)])

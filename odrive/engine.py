@@ -9,12 +9,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from odrive.errors import InvariantViolation
-from odrive.executor import Executor, SeqChunk
+from odrive.executor import Executor, SeqChunk, SwapOps
 from odrive.invariants import check_plan
 from odrive.metrics import MetricsRecorder, PageUsage
 from odrive.request import FinishReason, Request, RequestStatus
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
+
+
+@dataclass
+class SwapStats:
+    """Totals of swap preemption traffic: requests and pages moved each way, and the time the copies took."""
+
+    requests_out: int = 0
+    requests_in: int = 0
+    pages_out: int = 0
+    pages_in: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Engine:
         self.check_invariants = check_invariants
         self.stop_checker = stop_checker
         self.requests: dict[str, Request] = {}
+        self.swap_stats = SwapStats()
         self._caching = self.allocator.supports_prefix_caching
 
     # --- admission ------------------------------------------------------------------------------
@@ -108,6 +120,7 @@ class Engine:
             return False
         self.scheduler.remove(request)
         self.allocator.free(request_id)
+        self.executor.discard_swapped(request_id)
         del self.requests[request_id]
         self._end(request, RequestStatus.ABORTED, FinishReason.ABORTED, now, message)
         return True
@@ -125,6 +138,12 @@ class Engine:
         plan = sched.schedule()
         if self.check_invariants:
             check_plan(sched, plan)
+        swap_time = self._apply_swaps(plan)
+        if plan.is_empty and plan.has_swaps:  # only copies this step
+            usage = PageUsage.of(self.allocator.stats())
+            self.metrics.on_step(now, swap_time, 1, 0, 0, 0, len(plan.preempted), 0, usage, len(sched.waiting),
+                                 len(sched.running))  # fmt: skip
+            return StepOutcome(now, swap_time, 1, plan)
         if plan.is_empty:
             if sched.waiting and not sched.running:
                 head = sched.waiting[0]
@@ -145,14 +164,15 @@ class Engine:
             start = req.num_computed_tokens
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
         num_steps = 1
-        if num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0 and not self._caching:
+        if (num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0 and not self._caching
+                and not plan.has_swaps and self.allocator.supports_decode_runs):  # fmt: skip
             num_steps = self._steady_run_length(plan, batch)
         if num_steps > 1:
             duration, num_steps, usage = self._run_decodes(batch, num_steps, horizon)
             sampled = None
         else:
             result = self.executor.execute(batch)
-            duration, sampled = result.duration, result.sampled_token_ids
+            duration, sampled = swap_time + result.duration, result.sampled_token_ids
             usage = PageUsage.of(self.allocator.stats())  # pages in use during the step, before finishes free any
         end = now + duration
         outcome = StepOutcome(now, duration, num_steps, plan)
@@ -208,6 +228,22 @@ class Engine:
         self.allocator.free(req.request_id)
         del self.requests[req.request_id]
         self._end(req, RequestStatus.FINISHED, reason, now)
+        self.scheduler.on_finished(req)
+
+    def _apply_swaps(self, plan: StepPlan) -> float:
+        """Have the executor copy the plan's swapped pages (host ← device, then device ← host); returns the
+        seconds it took (0 without swaps)."""
+        if not plan.has_swaps:
+            return 0.0
+        ops = SwapOps(plan.swap_out, plan.swap_in, self.allocator.page_size)
+        seconds = self.executor.swap(ops)
+        stats = self.swap_stats
+        stats.requests_out += len(ops.swap_out)
+        stats.requests_in += len(ops.swap_in)
+        stats.pages_out += ops.num_pages_out
+        stats.pages_in += ops.num_pages_in
+        stats.seconds += seconds
+        return seconds
 
     def _end(self, req: Request, status: RequestStatus, reason: FinishReason, now: float, msg: str = "") -> None:
         req.status = status

@@ -42,6 +42,31 @@ class ExecuteResult:
     sampled_token_ids: dict[str, int] | None = None
 
 
+@dataclass(frozen=True)
+class SwapOps:
+    """One step's K/V page copies for swap preemption (see ``StepPlan.swap_out``/``swap_in``).
+
+    ``swap_out``: request_id → device pages to copy to the host (keyed by request); ``swap_in``:
+    request_id → device pages to fill from that request's host copy. Per-layer page ids, as in page tables.
+    """
+
+    swap_out: dict[str, list[int]]
+    swap_in: dict[str, list[int]]
+    page_size: int
+
+    @property
+    def num_pages_out(self) -> int:
+        return sum(len(p) for p in self.swap_out.values())
+
+    @property
+    def num_pages_in(self) -> int:
+        return sum(len(p) for p in self.swap_in.values())
+
+    @property
+    def num_pages(self) -> int:
+        return self.num_pages_out + self.num_pages_in
+
+
 class Executor(ABC):
     """Runs one step's batch. The simulator's executor models time; the real one runs the model."""
 
@@ -49,6 +74,15 @@ class Executor(ABC):
 
     @abstractmethod
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult: ...
+
+    def swap(self, ops: SwapOps) -> float:
+        """Copy every ``ops.swap_out`` request's pages to the host, then every ``ops.swap_in`` request's host
+        copy into its new pages; return the seconds taken (modeled or measured). Needed for swap preemption."""
+        raise NotImplementedError(f"{type(self).__name__} cannot swap K/V pages; use preemption_mode='recompute'")
+
+    def discard_swapped(self, request_id: str) -> None:
+        """Drop any host copy of ``request_id``'s K/V (it was aborted while swapped out). Default: none kept."""
+        return None
 
     def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
         """Durations of ``num_steps`` consecutive decode steps of ``batch`` (simulator fast-forward)."""

@@ -58,4 +58,32 @@ def check_plan(sched: Scheduler, plan: StepPlan) -> None:
     for rid in waiting_ids:
         if alloc.page_table(rid):
             raise InvariantViolation("waiting-holds-no-pages", f"waiting request {rid} holds pages")
+    check_swaps(sched, plan, waiting_ids)
     alloc.check_invariants()
+
+
+def check_swaps(sched: Scheduler, plan: StepPlan, waiting_ids: set[str]) -> None:
+    """Swap preemption: swapped-out requests were preempted and wait; swapped-in ones run this step with
+    their computed tokens' pages listed in order; the host tier stays within its capacity."""
+    alloc = sched.allocator
+    preempted = set(plan.preempted)
+    for rid in plan.swap_out:
+        if rid not in preempted:
+            raise InvariantViolation("swap-out-is-preempted", f"request {rid} swapped out but not preempted")
+    for rid, pages in plan.swap_in.items():
+        req = sched.running.get(rid)
+        if req is None or rid not in plan.num_scheduled_tokens:
+            raise InvariantViolation("swap-in-is-scheduled", f"request {rid} swapped in but not scheduled")
+        want = alloc.pages_for(req.num_computed_tokens)
+        if len(pages) != want or list(pages) != alloc.page_table(rid)[:want]:
+            raise InvariantViolation(
+                "swap-in-pages",
+                f"request {rid}: swap-in into {pages}, but its {req.num_computed_tokens} computed tokens live in "
+                f"{alloc.page_table(rid)[:want]}",
+            )
+    space = sched.swap_space
+    if space.used_pages > space.capacity_pages:
+        raise InvariantViolation("swap-space", f"{space.used_pages} host pages used > capacity {space.capacity_pages}")
+    for rid in space.held:
+        if rid not in waiting_ids:
+            raise InvariantViolation("swapped-is-waiting", f"request {rid} has K/V on the host but is not waiting")

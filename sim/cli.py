@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from odrive.allocators import ALLOCATORS
-from odrive.schedulers import SCHEDULERS
+from odrive.schedulers import PREEMPTION_MODES, SCHEDULERS
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS
 from sim.latency import LATENCY_MODELS
@@ -19,6 +19,23 @@ from sim.workloads import parse_workload
 DEFAULT_WORKLOAD = "trace:data/traces/azure_conv_2023.csv"
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` → (name, value), the value read as an int, a float, a bool or else a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    value: object = raw
+    for parse in (int, float):
+        try:
+            value = parse(raw)
+            break
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    return name.replace("-", "_"), value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", "--trace", dest="workload", default=DEFAULT_WORKLOAD,
                    help="trace:PATH[?time_scale=X&max_requests=N], poisson:rate=..,n=..,prompt=..,output=.. "
@@ -27,7 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    choices=sorted(ACCELERATORS))
     p.add_argument("--model", default="llama-2-7b", choices=sorted(MODEL_SPECS))
     p.add_argument("--latency-model", default="roofline", help=f"one of {LATENCY_MODELS.names()}")
+    p.add_argument("--profile", default=None,
+                   help="measured profile for --latency-model calibrated (default: the shipped one of --model)")
     p.add_argument("--scheduler", default="fcfs", help=f"one of {SCHEDULERS.names()}")
+    p.add_argument("--scheduler-arg", dest="scheduler_kwargs", action="append", default=[], type=_option,
+                   metavar="NAME=VALUE", help="a policy option, repeatable (e.g. predictor=bucket-mean, aging=50)")
+    p.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES)
+    p.add_argument("--swap-space-gib", type=float, default=4.0, help="host swap tier for --preemption-mode swap")
     p.add_argument("--allocator", default="free-list", help=f"one of {ALLOCATORS.names()}")
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--hbm-utilization", type=float, default=0.9)
@@ -55,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
         max_prefill_length=args.max_prefill_length, prefill_lengths=args.prefill_lengths,
         max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
         max_num_batched_tokens=args.max_num_batched_tokens, chunk_size=args.chunk_size, seed=args.seed,
-        check_invariants=args.check_invariants,
+        check_invariants=args.check_invariants, scheduler_kwargs=tuple(args.scheduler_kwargs),
+        preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space_gib,
+        latency_kwargs=(("profile", args.profile), ("page_size", args.page_size))
+        if args.latency_model == "calibrated" else (),
     )  # fmt: skip
     t0 = time.perf_counter()
     result = simulate(config, workload, progress=not args.no_progress)
@@ -71,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     figure = plot_run(result, out / "run.png")
     print(f"workload: {spec} ({len(workload):,} requests)")
     print(f"config:   {config.model} on {config.accelerator}, scheduler={config.scheduler}, "
-          f"allocator={config.allocator}, page_size={config.page_size}, pages={result.num_pages - 1:,}")
+          f"preemption={config.preemption_mode}, allocator={config.allocator}, page_size={config.page_size}, "
+          f"pages={result.num_pages - 1:,}")
     print(format_summary(summary))
     print(f"wrote {out / 'requests.csv'}, {out / 'steps.csv'}, {out / 'summary.csv'}, {figure}")
     return 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from odrive.schedulers.config import SchedulerConfig
+
+GiB = 2**30
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,9 @@ class SimConfig:
 
     ``num_pages`` overrides the page count that ``hbm_utilization`` would give (pages then come
     from the same formula the real engine uses: (HBM × utilization − weights) / bytes per page).
+    ``preemption_mode="swap"`` gives the scheduler a host tier of ``swap_space_pages`` pages (default: as
+    many of the model's pages as fit in ``swap_space_gib``). ``scheduler_kwargs`` are the policy's options,
+    e.g. ``(("predictor", "bucket-mean"), ("aging", 50.0))`` for ``sjf``.
     """
 
     accelerator: str = "h100-80gb"
@@ -34,6 +40,10 @@ class SimConfig:
     check_invariants: bool = False
     record_steps: bool = True
     latency_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    scheduler_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    preemption_mode: str = "recompute"
+    swap_space_gib: float = 4.0
+    swap_space_pages: int | None = None
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -43,7 +53,21 @@ class SimConfig:
             max_concurrent_decodes=self.max_concurrent_decodes,
             max_num_batched_tokens=self.max_num_batched_tokens,
             chunk_size=self.chunk_size,
+            preemption_mode=self.preemption_mode,
+            swap_space_pages=self.host_swap_pages(),
+            scheduler_kwargs=self.scheduler_kwargs,
         )
+
+    def host_swap_pages(self) -> int:
+        """Pages of the swap tier: ``swap_space_pages``, else ``swap_space_gib`` of this model's pages in
+        swap mode (0 in recompute mode)."""
+        if self.swap_space_pages is not None:
+            return self.swap_space_pages
+        if self.preemption_mode != "swap":
+            return 0
+        from sim.model_spec import get_model_spec
+
+        return math.floor(self.swap_space_gib * GiB / get_model_spec(self.model).kv_bytes_per_page(self.page_size))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,6 +69,7 @@ class Simulator:
         self._times = workload.arrival_times.tolist()
         self._prompts = workload.prompt_lens.tolist()
         self._outputs = workload.output_lens.tolist()
+        self._prompt_ids = getattr(workload, "prompt_token_ids", None)  # token ids for prefix caching, if any
         prios = workload.priorities
         self._priorities = prios.tolist() if prios is not None else [0] * len(self._times)
         self._next = 0
@@ -83,11 +84,15 @@ class Simulator:
         while self._next < len(times) and times[self._next] <= now:
             i = self._next
             self._next += 1
+            ids = None if self._prompt_ids is None else self._prompt_ids[i]
+            if ids is not None and len(ids) != self._prompts[i]:
+                raise ValueError(f"workload request {i}: {len(ids)} prompt token ids, prompt length {self._prompts[i]}")
             request = Request(
                 request_id=f"r{i}",
                 num_prompt_tokens=self._prompts[i],
                 sampling_params=SamplingParams(max_tokens=self._outputs[i], ignore_eos=True),
                 arrival_time=times[i],
+                prompt_token_ids=ids,
                 priority=self._priorities[i],
             )
             engine.add_request(request)

@@ -184,6 +184,50 @@ def test_check_plan_runs_the_allocator_checks() -> None:
     expect("no-page-leak", sched, plan_of({"a": 4}))
 
 
+def swapping(num_pages: int = 32, page_size: int = 4) -> FCFSScheduler:
+    return make(num_pages, page_size, preemption_mode="swap", swap_space_pages=16)  # type: ignore[arg-type]
+
+
+def test_swap_out_is_preempted() -> None:
+    sched = swapping()
+    run(sched, "a", 4)
+    expect("swap-out-is-preempted", sched, StepPlan(num_scheduled_tokens={"a": 4}, swap_out={"a": [1]}))
+
+
+def test_swap_in_is_scheduled_and_its_pages() -> None:
+    sched = swapping()
+    r = run(sched, "a", 6, outputs=2, computed=7)
+    plan = StepPlan()
+    sched.preempt(r, plan)
+    assert plan.swap_out == {"a": [1, 2]} and "a" in sched.swap_space
+    plan = StepPlan()
+    assert sched.allocate_for_admission(r, 1, plan) == 1
+    sched.admit(r)
+    assert plan.swap_in == {"a": sched.allocator.page_table("a")[:2]}
+    expect("swap-in-is-scheduled", sched, plan)
+    plan.num_scheduled_tokens["a"] = 1
+    check_plan(sched, plan)
+    plan.swap_in["a"] = plan.swap_in["a"][::-1]
+    expect("swap-in-pages", sched, plan)
+
+
+def test_swap_space() -> None:
+    sched = swapping()
+    sched.add_request(new_request("w", 4, computed=4))
+    sched.swap_space.put("w", 17)
+    expect("swap-space", sched, plan_of())
+
+
+def test_swapped_is_waiting() -> None:
+    # A broken policy re-admits a swapped-out request with plain pages: its K/V would never come back.
+    sched = swapping()
+    r = run(sched, "a", 6, outputs=2, computed=7)
+    sched.preempt(r, StepPlan())
+    assert sched.allocator.allocate("a", 8)
+    sched.admit(r)
+    expect("swapped-is-waiting", sched, plan_of({"a": 1}))
+
+
 # --- allocator invariants -------------------------------------------------------------------------------
 
 
@@ -287,6 +331,8 @@ TRIGGERED = {
     "free-or-owned", "no-page-leak",
     # Engine (progress: see test_engine.py)
     "fast-forward-pages", "progress",
+    # check_swaps
+    "swap-out-is-preempted", "swap-in-is-scheduled", "swap-in-pages", "swap-space", "swapped-is-waiting",
 }  # fmt: skip
 
 

@@ -95,6 +95,27 @@ class PageAllocator(ABC):
         """After a step computed tokens of ``request``: make its newly full pages hit-able. Default no-op."""
         return None
 
+    # --- optional hooks (no-ops unless an allocator needs them) -----------------------------------
+    supports_decode_runs: bool = True
+    """True when growing any request by k pages succeeds whenever ``num_free_pages >= k``, so the engine
+    may fast-forward a steady decode run by counting free pages. Allocators that grow by contiguous
+    runs or power-of-two blocks set it False."""
+
+    def reserve_hint(self, request_id: str, final_tokens: int) -> None:
+        """Before a request's first allocation: the most tokens it will ever hold (prompt + max_tokens).
+        Allocators that reserve ahead (``contiguous`` with ``reservation="pow2"|"oracle"``) size the
+        reservation from it. The hint lasts until ``free(request_id)``. Default no-op."""
+        return None
+
+    def fork(self, parent_id: str, child_id: str) -> None:
+        """Give ``child_id`` a table sharing every page of ``parent_id`` (parallel sampling)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support fork (copy-on-write page sharing)")
+
+    def take_pending_copies(self) -> list[tuple[int, int]]:
+        """``(src_page, dst_page)`` copies that copy-on-write recorded since the last call (and forgets
+        them). The executor must copy each page's K/V before the step writes any K/V. Default: none."""
+        return []
+
     # --- shared helpers -----------------------------------------------------------------------
     @property
     def num_usable_pages(self) -> int:

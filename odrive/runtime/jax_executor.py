@@ -7,16 +7,18 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
 from odrive.models.llama import make_paged_forward
 from odrive.runtime.batch_builder import BatchBuilder
+from odrive.runtime.kv_swap import HostKVStore
 from odrive.runtime.sampler import sample_tokens, stream_seed
 
 
 class JaxExecutor(Executor):
-    """Owns the device KV pool ``(k_pool, v_pool)`` and the jitted paged forward of ``model``."""
+    """Owns the device KV pool ``(k_pool, v_pool)`` and the jitted paged forward of ``model``; swap
+    preemption keeps swapped-out requests' K/V in host memory (``host_kv``)."""
 
     def __init__(self, model: Model, num_pages: int, page_size: int, builder: BatchBuilder, seed: int = 0,
                  kv_dtype: object | None = None) -> None:
@@ -25,6 +27,21 @@ class JaxExecutor(Executor):
         self.seed = seed
         self.kv_caches = allocate_kv_caches(model.config, num_pages, page_size, kv_dtype or model.dtype)
         self._forward = make_paged_forward(model.config)
+        self.host_kv = HostKVStore(model.config.num_hidden_layers, num_pages)
+
+    def swap(self, ops: SwapOps) -> float:
+        t0 = time.perf_counter()
+        for rid, pages in ops.swap_out.items():  # every read before any write: pages may be reused below
+            self.host_kv.swap_out(self.kv_caches, rid, pages)
+        for rid, pages in ops.swap_in.items():
+            self.kv_caches = self.host_kv.swap_in(self.kv_caches, rid, pages)
+        if ops.swap_in:
+            self.kv_caches[0].block_until_ready()
+            self.kv_caches[1].block_until_ready()
+        return time.perf_counter() - t0
+
+    def discard_swapped(self, request_id: str) -> None:
+        self.host_kv.discard(request_id)
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
         t0 = time.perf_counter()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from odrive.errors import ConfigError
+
+PREEMPTION_MODES = ("recompute", "swap")
 
 
 def default_prefill_buckets(max_prefill_length: int, smallest: int = 16) -> tuple[int, ...]:
@@ -29,6 +32,11 @@ class SchedulerConfig:
     - ``max_concurrent_prefill``: at most this many requests prefill in one step.
     - ``max_concurrent_decodes``: at most this many requests hold KV state and decode at once.
     - ``max_num_batched_tokens``: the per-step token budget (prefill chunk tokens + decode tokens).
+    - ``preemption_mode``: ``"recompute"`` (free the victim's pages, re-prefill it later) or ``"swap"``
+      (copy its K/V pages to a host tier of ``swap_space_pages`` pages and back; falls back to recompute
+      when the host tier is full or the victim has nothing computed).
+    - ``scheduler_kwargs``: policy-specific options (``(name, value)`` pairs) that ``make_scheduler`` passes
+      to the policy's constructor, e.g. ``(("predictor", "bucket-mean"),)`` for ``sjf``.
     """
 
     max_prefill_length: int = 2048
@@ -38,6 +46,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int | None = None
     chunk_size: int | None = None  # for chunked-prefill policies; defaults to max_prefill_length
     max_model_len: int | None = None  # cap on prompt + output tokens per request (None: only the pool limits)
+    preemption_mode: str = "recompute"
+    swap_space_pages: int = 0
+    scheduler_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_prefill_length < 1:
@@ -70,10 +81,22 @@ class SchedulerConfig:
             )
         if self.chunk_size < 1:  # type: ignore[operator]
             raise ConfigError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ConfigError(f"preemption_mode must be one of {PREEMPTION_MODES}, got {self.preemption_mode!r}")
+        if self.swap_space_pages < 0:
+            raise ConfigError(f"swap_space_pages must be >= 0, got {self.swap_space_pages}")
+        if self.preemption_mode == "swap" and self.swap_space_pages == 0:
+            raise ConfigError("preemption_mode='swap' needs a host tier: set swap_space_pages >= 1")
+        object.__setattr__(self, "scheduler_kwargs", tuple((str(k), v) for k, v in dict(self.scheduler_kwargs).items()))
 
     @property
     def token_budget(self) -> int:
         return int(self.max_num_batched_tokens)  # type: ignore[arg-type]
+
+    @property
+    def chunk_limit(self) -> int:
+        """The largest prefill chunk a chunked-prefill policy schedules: ``min(chunk_size, max_prefill_length)``."""
+        return min(int(self.chunk_size), self.max_prefill_length)  # type: ignore[arg-type]
 
     def bucket_for(self, num_tokens: int) -> int:
         """The padded length of a prefill chunk of ``num_tokens``."""

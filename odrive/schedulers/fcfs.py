@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from odrive.request import Request
-from odrive.schedulers.base import Scheduler
+from odrive.schedulers.base import STEADY_FOREVER, Scheduler
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS
-
-STEADY_FOREVER = 1 << 30
 
 
 @SCHEDULERS.register("fcfs")
 class FCFSScheduler(Scheduler):
     """Admit waiting requests in arrival order and prefill them (a prefill-only step) whenever one fits;
     otherwise decode every running request. When a decode finds no free page, the newest running
-    request is preempted (recompute) until the older ones fit.
+    request is preempted (recompute, or swap if configured) until the older ones fit.
 
     Prompts longer than ``max_prefill_length`` never get here (rejected at admission); after a
-    preemption, prompt + outputs may exceed it and are re-prefilled in chunks of that size.
+    preemption, prompt + outputs may exceed it and are re-prefilled in chunks of that size. In swap mode a
+    swapped-in request that only needs its next decode joins that step's decodes (vLLM v0 style).
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -29,7 +28,7 @@ class FCFSScheduler(Scheduler):
         plan = StepPlan()
         self._schedule_prefills(plan)
         self._last_decode_only = not plan.num_scheduled_tokens and not plan.preempted
-        if not plan.num_scheduled_tokens:
+        if not plan.num_scheduled_tokens or self._only_swapped_in_decodes(plan):
             self._schedule_decodes(plan)
             self._last_decode_only = self._last_decode_only and not plan.preempted
         return plan
@@ -44,7 +43,7 @@ class FCFSScheduler(Scheduler):
             if req.request_id not in self.running:
                 continue
             n = min(req.num_tokens_to_compute, cfg.max_prefill_length, budget)
-            if not self._allocate_or_preempt(req, n, plan):
+            if not self.allocate_or_preempt(req, n, plan):
                 continue
             tokens[req.request_id] = n
             budget -= n
@@ -63,7 +62,7 @@ class FCFSScheduler(Scheduler):
             req = self.waiting[0]
             if min(req.num_tokens_to_compute, cfg.max_prefill_length) > budget and tokens:
                 return
-            n = self.allocate_for_admission(req, min(cfg.max_prefill_length, budget))
+            n = self.allocate_for_admission(req, min(cfg.max_prefill_length, budget), plan)
             if n == 0:
                 return
             self.admit(req)
@@ -78,22 +77,19 @@ class FCFSScheduler(Scheduler):
         for req in list(self.running.values()):
             if len(tokens) >= budget:
                 return
-            if req.request_id not in self.running or req.request_id in self._partial:
+            if req.request_id not in self.running or req.request_id in self._partial or req.request_id in tokens:
                 continue
-            if self._allocate_or_preempt(req, 1, plan):
+            if self.allocate_or_preempt(req, 1, plan):
                 tokens[req.request_id] = 1
 
-    def _allocate_or_preempt(self, req: Request, n: int, plan: StepPlan) -> bool:
-        """Give ``req`` pages for ``n`` more tokens, preempting the newest running requests if needed."""
-        while not self.allocator.allocate(req.request_id, req.num_computed_tokens + n):
-            victim = next(reversed(self.running.values()))
-            self._partial.pop(victim.request_id, None)
-            self.preempt(victim)
-            plan.preempted.append(victim.request_id)
-            plan.num_scheduled_tokens.pop(victim.request_id, None)
-            if victim is req:
-                return False
-        return True
+    def _only_swapped_in_decodes(self, plan: StepPlan) -> bool:
+        """True when every request scheduled so far was swapped in and needs only its next decode."""
+        return bool(plan.swap_in) and all(
+            rid in plan.swap_in and not self.running[rid].is_prefill for rid in plan.num_scheduled_tokens
+        )
+
+    def on_preempted(self, request: Request) -> None:
+        self._partial.pop(request.request_id, None)
 
     def remove(self, request: Request) -> None:
         self._partial.pop(request.request_id, None)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from odrive.allocators import make_allocator
 from odrive.engine import Engine, StepOutcome
@@ -75,11 +77,19 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         check_invariants: bool = False,
         record_steps: bool = True,
         num_pages: int | None = None,
+        chunk_size: int | None = None,
+        scheduler_kwargs: Mapping[str, Any] | None = None,
+        preemption_mode: str = "recompute",
+        swap_space_gib: float = 4.0,
+        swap_space_pages: int | None = None,
     ) -> vSurge:
         """Every argument acts: see docs in the README. ``max_length`` caps prompt + generated tokens
         (default ``2 × max_prefill_length``); ``max_concurrent_decodes`` defaults to 8 × max_concurrent_prefill.
         ``num_pages`` overrides the page count the ``hbm_utilization`` plan gives (like vLLM's
         ``num_gpu_blocks_override``), e.g. to reproduce a memory-pressure experiment on any device.
+        ``chunk_size`` caps chunked-prefill chunks; ``scheduler_kwargs`` are the policy's options (e.g.
+        ``{"predictor": "bucket-mean"}`` for ``sjf``). ``preemption_mode="swap"`` moves preempted requests'
+        K/V to host memory, at most ``swap_space_pages`` pages (default: ``swap_space_gib`` worth).
         """
         if not isinstance(model, Model):
             model = load_model(model)
@@ -94,6 +104,8 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             max_concurrent_decodes=max_concurrent_decodes,
             max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=max_length,
+            chunk_size=chunk_size,
+            scheduler_kwargs=tuple(dict(scheduler_kwargs or {}).items()),
         )
         cfg = model.config
         plan = plan_kv_pages(
@@ -105,6 +117,10 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             max_model_len=max_length,
             num_pages_override=num_pages,
         )
+        if preemption_mode == "swap" and swap_space_pages is None:
+            swap_space_pages = int(swap_space_gib * 2**30 // plan.page_bytes)
+        sched_cfg = dataclasses.replace(sched_cfg, preemption_mode=preemption_mode,
+                                        swap_space_pages=swap_space_pages or 0)  # fmt: skip
         pages_per_seq = -(-max_length // page_size)
         builder = BatchBuilder(
             page_size,
@@ -315,6 +331,12 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
     def _hit_stop_string(self, request: Request) -> bool:
         handle = self._handles.get(request.request_id)
         return handle is not None and handle.hit_stop_string()
+
+    @property
+    def is_running(self) -> bool:
+        """True while the background engine thread (``start()``) is alive and has not failed."""
+        thread = self._thread
+        return self._running and self._error is None and thread is not None and thread.is_alive()
 
     @property
     def num_free_pages(self) -> int:

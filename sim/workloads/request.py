@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +26,10 @@ class Workload:
     Any iterable of :class:`RequestSpec` in arrival order is also a workload; this class is the
     columnar form. Arrays are validated on construction: 1-D, equal length, arrival times finite,
     non-negative and non-decreasing, token counts >= 1.
+
+    ``prompt_token_ids`` (optional) gives each request's prompt as token ids (indexable by request;
+    e.g. :class:`sim.workloads.shared_prefix.SegmentPrompts`, which builds them on access) so
+    prefix-caching allocators can hash them; without it simulated requests carry no ids.
     """
 
     arrival_times: np.ndarray
@@ -33,6 +37,7 @@ class Workload:
     output_lens: np.ndarray
     priorities: np.ndarray | None = None
     name: str = ""
+    prompt_token_ids: Sequence[np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         columns = {
@@ -56,6 +61,8 @@ class Workload:
             raise ValueError("Workload arrival times must be non-decreasing")
         if (columns["prompt_lens"] < 1).any() or (columns["output_lens"] < 1).any():
             raise ValueError("Workload prompt and output lengths must be >= 1")
+        if self.prompt_token_ids is not None and len(self.prompt_token_ids) != n:
+            raise ValueError(f"Workload.prompt_token_ids must hold {n} prompts, got {len(self.prompt_token_ids)}")
 
     @classmethod
     def from_requests(cls, requests: Iterable[RequestSpec], name: str = "") -> Workload:
@@ -95,6 +102,7 @@ class Workload:
             self.output_lens[start:stop],
             None if self.priorities is None else self.priorities[start:stop],
             self.name,
+            None if self.prompt_token_ids is None else self.prompt_token_ids[start:stop],
         )
 
     @property

@@ -1,0 +1,87 @@
+"""``odrive serve --model PATH``: the OpenAI-compatible HTTP server on one vSurge engine.
+
+The HTTP stack (starlette, uvicorn, prometheus_client) is imported only when the command runs, so the
+rest of the ``odrive`` CLI works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="HF-format Llama checkpoint directory")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory (default: --model)")
+    p.add_argument("--served-model-name", default=None, help="the name clients use (default: the folder name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's torch_dtype)")
+    engine = p.add_argument_group("engine (see vSurge.create_odriver)")
+    engine.add_argument("--max-prefill-length", type=int, default=512)
+    engine.add_argument(
+        "--prefill-lengths",
+        type=_int_list,
+        default=None,
+        help="comma-separated padded prefill buckets (default: powers of two)",
+    )
+    engine.add_argument("--page-size", type=int, default=16)
+    engine.add_argument("--hbm-utilization", type=float, default=0.6)
+    engine.add_argument("--num-pages", type=int, default=None, help="override the page count from memory")
+    engine.add_argument("--max-concurrent-prefill", type=int, default=1)
+    engine.add_argument("--max-concurrent-decodes", type=int, default=None)
+    engine.add_argument("--max-length", type=int, default=None, help="prompt + output cap (default 2 x prefill)")
+    engine.add_argument("--seed", type=int, default=894)
+    engine.add_argument("--scheduler", default="fcfs")
+    engine.add_argument("--allocator", default="free-list")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_surge(args: argparse.Namespace):  # noqa: ANN201 - vSurge (imported lazily)
+    """The engine ``args`` describe; per-step records are off (a server runs indefinitely)."""
+    import odrive
+
+    model = odrive.load_model(args.model, dtype=args.dtype)
+    processor = odrive.load_processor(args.tokenizer or args.model)
+    return odrive.vSurge.create_odriver(
+        model=model, processor=processor, max_prefill_length=args.max_prefill_length,
+        prefill_lengths=args.prefill_lengths, page_size=args.page_size, hbm_utilization=args.hbm_utilization,
+        max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
+        seed=args.seed, vsurge_name=args.served_model_name, scheduler=args.scheduler,
+        allocator=args.allocator, max_length=args.max_length, num_pages=args.num_pages, record_steps=False,
+    )  # fmt: skip
+
+
+def served_name(args: argparse.Namespace) -> str:
+    return args.served_model_name or Path(args.model).resolve().name
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from odrive.server.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    surge = build_surge(args)
+    plan = surge.memory_plan
+    logging.getLogger("odrive.server").info(
+        "%s: %d KV pages of %d tokens (%s)", served_name(args), plan.num_pages, args.page_size, plan.source
+    )
+    app = create_app(surge, served_name(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``odrive serve``."""
+    parser = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=__doc__)
+    add_arguments(parser)
+    parser.set_defaults(run=run)

@@ -1,0 +1,123 @@
+"""A bounded load test: 200 requests from 32 concurrent ``openai`` clients (completions and chat, streamed
+and not) against the server; every request completes, greedy outputs equal offline ``surge.generate``,
+and every KV page is free afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+import odrive  # noqa: E402
+from odrive.sampling_params import SamplingParams  # noqa: E402
+from odrive.server import BackgroundServer, create_app  # noqa: E402
+
+MODEL = "tiny-load"
+NUM_REQUESTS = 200
+CONCURRENCY = 32
+WORDS = ("the engine keeps a pool of pages for attention cache when request arrives scheduler decides whether "
+         "its prompt fits in free small models are useful for tests because they run quickly").split()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def surge(tiny_checkpoint):
+    s = odrive.vSurge.create_odriver(
+        model=tiny_checkpoint, processor=tiny_checkpoint, max_prefill_length=64, page_size=4,
+        hbm_utilization=0.001, max_concurrent_prefill=2, max_concurrent_decodes=8, seed=877, vsurge_name="load",
+    )  # fmt: skip
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(surge):
+    with BackgroundServer(create_app(surge, MODEL)) as srv:
+        yield srv
+
+
+def workload(seed: int = 0) -> list[dict]:
+    """Mixed requests: completion or chat, streamed or not, 2-8 word prompts, 2-10 new tokens."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(NUM_REQUESTS):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
+        out.append({"chat": i % 3 == 0, "stream": i % 2 == 0, "text": text, "max_tokens": rng.randint(2, 10)})
+    return out
+
+
+async def send(client, spec: dict) -> tuple[str, str | None, int | None]:
+    """(text, finish_reason, completion tokens or None when streamed)."""
+    kw = dict(model=MODEL, max_tokens=spec["max_tokens"], temperature=0)
+    if spec["chat"]:
+        kw["messages"] = [{"role": "user", "content": spec["text"]}]
+        create, piece = client.chat.completions.create, lambda c: c.delta.content or ""
+    else:
+        kw["prompt"] = spec["text"]
+        create, piece = client.completions.create, lambda c: c.text
+    if not spec["stream"]:
+        r = await create(**kw)
+        choice = r.choices[0]
+        return (
+            (choice.message.content if spec["chat"] else choice.text),
+            choice.finish_reason,
+            r.usage.completion_tokens,
+        )
+    text, reason = [], None
+    async for chunk in await create(**kw, stream=True):
+        if chunk.choices:
+            text.append(piece(chunk.choices[0]))
+            reason = chunk.choices[0].finish_reason or reason
+    return "".join(text), reason, None
+
+
+async def run_load(url: str, specs: list[dict]) -> list[tuple[str, str | None, int | None]]:
+    results: list = [None] * len(specs)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(specs)):
+        queue.put_nowait(i)
+
+    async def worker(client) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            results[i] = await send(client, specs[i])
+
+    clients = [openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0, timeout=120)
+               for _ in range(CONCURRENCY)]  # fmt: skip
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    return results
+
+
+def test_concurrent_clients_all_complete_match_offline_greedy_and_free_every_page(server, surge):
+    specs = workload()
+    finished_before = surge.engine.metrics.num_done
+    t0 = time.perf_counter()
+    got = asyncio.run(run_load(server.url, specs))
+    wall = time.perf_counter() - t0
+    assert all(g is not None for g in got)
+    assert surge.engine.metrics.num_done - finished_before == NUM_REQUESTS
+    # every page is back in the pool and nothing is left queued or running
+    assert surge.num_free_pages == surge.num_usable_pages
+    assert not surge.engine.has_unfinished and not surge.engine.scheduler.waiting
+
+    processor = surge.processor
+    prompts = [
+        processor.encode(processor.apply_chat_template([{"role": "user", "content": s["text"]}]),
+                         add_special_tokens=False) if s["chat"] else s["text"]
+        for s in specs
+    ]  # fmt: skip
+    params = [SamplingParams(max_tokens=s["max_tokens"], temperature=0.0) for s in specs]
+    want = surge.generate(prompts, params)
+    mismatches = [(i, g, (w.text, w.finish_reason)) for i, (g, w) in enumerate(zip(got, want, strict=True))
+                  if (g[0], g[1]) != (w.text, w.finish_reason) or g[2] not in (None, len(w.token_ids))]  # fmt: skip
+    assert not mismatches, mismatches[:5]
+    assert surge.num_free_pages == surge.num_usable_pages
+    print(f"{NUM_REQUESTS} requests from {CONCURRENCY} clients in {wall:.1f} s ({NUM_REQUESTS / wall:.1f} req/s)")

@@ -107,6 +107,8 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.S
         "request_throughput": len(done) / span if span and span > 0 else math.nan,
         "output_token_throughput": done["num_output_tokens"].sum() / span if span and span > 0 else math.nan,
         "preemptions": float(requests["num_preemptions"].sum()),
+        # Prompt tokens served from the prefix cache instead of being computed (0 without a caching allocator).
+        "prefix_cache_hit_rate": float(done["num_cached_tokens"].sum() / max(1, done["num_prompt_tokens"].sum())),
     }
     for col in ("ttft", "tpot", "e2e"):
         vals = done[col].dropna().to_numpy()

@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES)
     p.add_argument("--swap-space-gib", type=float, default=4.0, help="host swap tier for --preemption-mode swap")
     p.add_argument("--allocator", default="free-list", help=f"one of {ALLOCATORS.names()}")
+    p.add_argument("--allocator-arg", dest="allocator_kwargs", action="append", default=[], type=_option,
+                   metavar="NAME=VALUE", help="an allocator option, repeatable (e.g. reservation=pow2)")
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--hbm-utilization", type=float, default=0.9)
     p.add_argument("--num-pages", type=int, default=None, help="override the page count from HBM")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
         max_num_batched_tokens=args.max_num_batched_tokens, chunk_size=args.chunk_size, seed=args.seed,
         check_invariants=args.check_invariants, scheduler_kwargs=tuple(args.scheduler_kwargs),
+        allocator_kwargs=tuple(args.allocator_kwargs),
         preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space_gib,
         latency_kwargs=(("profile", args.profile), ("page_size", args.page_size))
         if args.latency_model == "calibrated" else (),

@@ -41,6 +41,7 @@ class SimConfig:
     record_steps: bool = True
     latency_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     scheduler_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    allocator_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     preemption_mode: str = "recompute"
     swap_space_gib: float = 4.0
     swap_space_pages: int | None = None

@@ -43,7 +43,8 @@ def build_engine(config: SimConfig, metrics: MetricsRecorder | None = None) -> E
     num_pages = config.num_pages
     if num_pages is None:
         num_pages = num_kv_pages(accelerator, model, config.page_size, config.hbm_utilization)
-    allocator = make_allocator(config.allocator, num_pages=num_pages, page_size=config.page_size)
+    allocator = make_allocator(config.allocator, num_pages=num_pages, page_size=config.page_size,
+                               **dict(config.allocator_kwargs))
     sched_cfg = config.scheduler_config()
     scheduler = make_scheduler(config.scheduler, sched_cfg, allocator)
     latency = get_latency_model(
@@ -139,6 +140,10 @@ class Simulator:
         steps = metrics.steps_frame()
         summary = summarize(requests, steps if len(steps) else None)
         summary["num_pages"] = float(self.engine.allocator.num_usable_pages)
+        swaps = self.engine.swap_stats
+        summary["swap_pages_out"] = float(swaps.pages_out)
+        summary["swap_pages_in"] = float(swaps.pages_in)
+        summary["swap_seconds"] = float(swaps.seconds)
         return SimResult(self.config, self.engine.allocator.num_pages, requests, steps, summary,
                          self.engine.allocator.num_free_pages)
 

@@ -31,3 +31,15 @@ def test_unknown_policy_names_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="unknown scheduler 'nope'; registered: .*fcfs"):
         main(["sim", "--workload", "poisson:rate=1,n=5,prompt=10,output=5", "--scheduler", "nope",
               "--no-progress", "--out", str(tmp_path)])
+
+
+def test_allocator_and_scheduler_options_reach_the_policies(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["sim", "--workload", "poisson:rate=20,n=60,prompt=uniform(50,300),output=uniform(10,100)",
+            "--no-progress", "--out", str(out), "--num-pages", "400", "--scheduler", "sarathi",
+            "--chunk-size", "64"]  # fmt: skip
+    assert main([*args, "--allocator", "contiguous", "--allocator-arg", "reserve_tokens=1024"]) == 0
+    max_reserve = pd.read_csv(out / "summary.csv", index_col=0)["value"]["mean_fragmentation"]
+    assert main([*args, "--allocator", "contiguous", "--allocator-arg", "reservation=oracle"]) == 0
+    oracle = pd.read_csv(out / "summary.csv", index_col=0)["value"]["mean_fragmentation"]
+    assert max_reserve > 0.5 > oracle  # reserving 1024 tokens for ~250-token sequences wastes most slots

@@ -67,6 +67,8 @@ class Scheduler(ABC):
         tokens too, recorded in ``plan.swap_in`` (so ``plan`` is required for it): it resumes where it was.
         """
         alloc = self.allocator
+        if not alloc.page_table(request.request_id):  # fresh, recomputed or swapped-out: (re)reserve
+            alloc.reserve_hint(request.request_id, request.num_prompt_tokens + request.sampling_params.max_tokens)
         if request.request_id in self.swap_space:
             if plan is None:
                 raise ValueError(f"re-admitting swapped-out request {request.request_id} needs the plan (swap-in)")
@@ -76,8 +78,6 @@ class Scheduler(ABC):
             num_pages = self.swap_space.take(request.request_id)
             plan.swap_in[request.request_id] = list(alloc.page_table(request.request_id)[:num_pages])
             return n
-        if request.num_computed_tokens == 0 and not alloc.page_table(request.request_id):
-            alloc.reserve_hint(request.request_id, request.num_prompt_tokens + request.sampling_params.max_tokens)
         if request.num_computed_tokens == 0 and alloc.supports_prefix_caching:
             cached = alloc.match_prefix(request, request.num_tokens - 1)
             request.num_computed_tokens = cached

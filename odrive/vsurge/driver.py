@@ -79,6 +79,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         num_pages: int | None = None,
         chunk_size: int | None = None,
         scheduler_kwargs: Mapping[str, Any] | None = None,
+        allocator_kwargs: Mapping[str, Any] | None = None,
         preemption_mode: str = "recompute",
         swap_space_gib: float = 4.0,
         swap_space_pages: int | None = None,
@@ -129,7 +130,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             pages_per_seq=pages_per_seq,
         )
         executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed)
-        alloc = make_allocator(allocator, num_pages=plan.num_pages, page_size=page_size)
+        alloc = make_allocator(allocator, num_pages=plan.num_pages, page_size=page_size, **dict(allocator_kwargs or {}))
         eos = set(cfg.eos_token_ids) | set(processor.eos_token_ids if processor else ())
         engine = Engine(
             make_scheduler(scheduler, sched_cfg, alloc),
@@ -156,7 +157,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         return None, ids
 
-    def _make_request(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, RequestHandle]:
+    def _make_request(self, prompt: Prompt, params: SamplingParams, priority: int = 0) -> tuple[Request, RequestHandle]:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be odrive.SamplingParams, got {type(params).__name__}")
         text, ids = self._tokenize(prompt)
@@ -165,15 +166,17 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         if params.n != 1:
             raise ValueError("n > 1 is not supported by generate(); submit the prompt n times with distinct seeds")
         rid = f"{self.vsurge_name}-{next(self._ids)}"
-        request = Request.from_tokens(rid, ids, params)
+        request = Request.from_tokens(rid, ids, params, priority=priority)
         reason = self.engine.validate(request)
         if reason is not None:
             raise ValueError(reason)
         return request, RequestHandle(request, text, self.processor)
 
-    def submit(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> RequestHandle:
+    def submit(
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None, priority: int = 0
+    ) -> RequestHandle:
         """Queue one request (validated first: bad input raises here and touches nothing else)."""
-        request, handle = self._make_request(prompt, sampling_params or SamplingParams())
+        request, handle = self._make_request(prompt, sampling_params or SamplingParams(), priority)
         with self._work:
             self._handles[request.request_id] = handle
             self.engine.add_request(request, now=time.perf_counter())

@@ -1,0 +1,1 @@
+"""Experiments: scripts that run the simulator and the real engine and write tables and figures."""

@@ -1,0 +1,34 @@
+"""experiments.common: registry look-ups that skip what is not registered, policy variants and labels."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from experiments import common
+
+
+def test_registered_skips_unknown_names_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    assert common.registered("allocator", ["free-list", "not-yet-written"]) == ["free-list"]
+    assert "'not-yet-written' is not registered yet" in capsys.readouterr().out
+    assert "fcfs" in common.registered("scheduler", None)
+
+
+def test_allocator_entries_follow_what_exists() -> None:
+    entries = common.allocator_entries(["free-list"], {"free-list": {"no_such_kwarg": [1, 2]}})
+    assert entries == [{"allocator": "free-list"}]  # an option the allocator does not take is dropped
+
+
+def test_policy_label_and_trace_spec() -> None:
+    row = pd.Series({"allocator": "contiguous", "allocator_kwargs": '{"reservation": "pow2", "reserve_tokens": 8}'})
+    assert common.policy_label(row, hide=("reserve_tokens",)) == "contiguous (reservation=pow2)"
+    assert common.policy_label(pd.Series({"allocator": "free-list", "allocator_kwargs": ""})) == "free-list"
+    spec = common.trace_spec("code", time_scale=0.5, max_requests=None)
+    assert spec.startswith("trace:") and spec.endswith("azure_code_2023.csv?time_scale=0.5")
+
+
+def test_replot_without_a_saved_table_says_so(tmp_path) -> None:
+    from experiments import preemption
+
+    with pytest.raises(common.ExperimentError, match="without --replot first"):
+        preemption.main(["--out", str(tmp_path), "--replot"])

@@ -108,11 +108,19 @@ def _qkv(lp: Params, x: jax.Array, positions: jax.Array, config: LlamaConfig) ->
     return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
 
-def _attn_out_and_mlp(lp: Params, x: jax.Array, attn: jax.Array, config: LlamaConfig) -> jax.Array:
+def _all_reduce(x: jax.Array, tp_axis: str | None) -> jax.Array:
+    """Sum a row-parallel matmul's partial results over the tensor-parallel mesh axis (inside
+    ``shard_map``, see ``odrive.parallel``); the identity when ``tp_axis`` is None (one device)."""
+    return x if tp_axis is None else jax.lax.psum(x, tp_axis)
+
+
+def _attn_out_and_mlp(
+    lp: Params, x: jax.Array, attn: jax.Array, config: LlamaConfig, tp_axis: str | None = None
+) -> jax.Array:
     """Output projection + residual, then pre-norm SwiGLU MLP + residual."""
-    x = x + attn.reshape(*x.shape[:-1], -1).astype(x.dtype) @ lp["wo"]
+    x = x + _all_reduce(attn.reshape(*x.shape[:-1], -1).astype(x.dtype) @ lp["wo"], tp_axis)
     h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
-    return x + swiglu_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"])
+    return x + _all_reduce(swiglu_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"]), tp_axis)
 
 
 def _logits(params: Params, config: LlamaConfig, x: jax.Array) -> jax.Array:
@@ -200,6 +208,7 @@ def forward_paged(
     cu_q_lens: jax.Array,
     num_seqs: jax.Array,
     logits_indices: jax.Array,
+    tp_axis: str | None = None,
 ) -> tuple[jax.Array, KVCaches]:
     """One step over a flat ragged batch (prefill chunks and decodes mixed).
 
@@ -207,6 +216,10 @@ def forward_paged(
     ``kv_lens``, ``page_indices``, ``cu_q_lens``, ``num_seqs`` follow ``kernels.ragged_paged_attention``
     with per-layer page ids (see ``odrive.models.kv_cache``). Returns float32 logits for the rows in
     ``logits_indices [max_seqs]`` and the updated caches.
+
+    ``tp_axis`` names the tensor-parallel mesh axis when this runs per device inside ``shard_map`` on
+    head/column shards of the params and kv-head shards of the caches (``odrive.parallel``): the
+    row-parallel ``wo`` and ``w_down`` outputs are then summed over it. None (default): one device.
     """
     # Imported here so the dense path does not depend on the kernels package.
     from kernels import ragged_paged_attention, write_kv_pages
@@ -236,7 +249,7 @@ def forward_paged(
             num_seqs,
             sm_scale=_sm_scale(config),
         )
-        return (_attn_out_and_mlp(lp, x, attn, config), k_pool, v_pool), None
+        return (_attn_out_and_mlp(lp, x, attn, config, tp_axis), k_pool, v_pool), None
 
     layer_ids = jnp.arange(config.num_hidden_layers, dtype=jnp.int32)
     (x, k_pool, v_pool), _ = jax.lax.scan(layer, (x, k_pool, v_pool), (params["layers"], layer_ids))

@@ -1,0 +1,64 @@
+"""KV pages per device under tensor parallelism: the engine's page formula applied to one device.
+
+With ``tp`` devices each device holds every page id but only ``num_key_value_heads / tp`` heads of it, so
+a page costs ``page_bytes / tp`` per device; column/row-parallel weights cost ``1 / tp`` of their bytes,
+replicated ones (embeddings, norms, a replicated LM head) their full size. Hence
+
+    pages = floor((device_bytes * hbm_utilization - weight_bytes_per_device) / (page_bytes / tp))
+
+— the same ``plan_kv_pages`` formula, fed per-device numbers. It is the same on every device, and one
+allocator hands out page ids for all of them. Since replicated weights do not shrink, pages grow slightly
+more than ``tp``-fold over one device of the same memory (the model no longer has to fit on one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+
+from odrive.models.config import LlamaConfig
+from odrive.models.dtypes import DTypeLike, resolve_dtype
+from odrive.models.llama import param_shapes
+from odrive.parallel.specs import check_tp, param_specs
+from odrive.runtime.memory import MemoryPlan, device_memory_bytes, plan_kv_pages
+
+
+def per_device_weight_bytes(config: LlamaConfig, tp: int, dtype: DTypeLike | None = None) -> int:
+    """Bytes of params one device holds under the layout of ``odrive.parallel.specs``."""
+    check_tp(config, tp)
+    itemsize = resolve_dtype(config.torch_dtype if dtype is None else dtype).itemsize
+    shapes, specs = param_shapes(config), param_specs(config, tp, "model")
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    split = jax.tree.leaves(jax.tree.map(lambda s: any(a is not None for a in s), specs))
+    return sum(math.prod(shape) * itemsize // (tp if s else 1) for shape, s in zip(leaves, split, strict=True))
+
+
+def per_device_kv_bytes_per_token(config: LlamaConfig, tp: int, dtype: DTypeLike | None = None) -> int:
+    """K and V bytes of one token, all layers, on one device (its ``kv_heads / tp`` heads)."""
+    check_tp(config, tp)
+    return config.kv_bytes_per_token(dtype) // tp
+
+
+def per_device_kv_pages(
+    config: LlamaConfig, *, tp: int, page_size: int, hbm_utilization: float, max_running: int, max_model_len: int,
+    dtype: DTypeLike | None = None, kv_dtype: DTypeLike | None = None, devices: list[jax.Device] | None = None,
+    device_bytes: int | None = None, num_pages_override: int | None = None,
+) -> MemoryPlan:  # fmt: skip
+    """The page pool for a ``tp``-way sharded model: ``plan_kv_pages`` on per-device weights and page bytes.
+
+    ``device_bytes`` defaults to the smallest memory among ``devices`` (default: the first ``tp`` devices);
+    on CPU the "devices" share host memory, so that number is the host's, not a per-device share.
+    """
+    if device_bytes is None:
+        found = [device_memory_bytes(d) for d in (devices or jax.devices()[:tp])]
+        device_bytes, source = min(found)
+        source = f"per-device (tp={tp}) {source}"
+    else:
+        source = f"per-device (tp={tp}) given"
+    return plan_kv_pages(
+        weight_bytes=per_device_weight_bytes(config, tp, dtype),
+        kv_bytes_per_token=per_device_kv_bytes_per_token(config, tp, kv_dtype or dtype),
+        page_size=page_size, hbm_utilization=hbm_utilization, max_running=max_running, max_model_len=max_model_len,
+        device_bytes=device_bytes, source=source, num_pages_override=num_pages_override,
+    )  # fmt: skip

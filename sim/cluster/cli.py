@@ -1,0 +1,98 @@
+"""``python -m sim.cluster``: simulate a workload on many replicas behind a router; write tables and a figure."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from sim.cli import add_arguments as add_replica_arguments
+from sim.cluster.report import format_cluster, plot_cluster
+from sim.cluster.routers import ROUTERS
+from sim.cluster.simulator import HORIZONS, simulate_cluster
+from sim.cluster.table_sink import FORMATS, default_format
+from sim.cluster.workloads import zipf_groups
+from sim.config import SimConfig
+from sim.workloads import parse_workload
+
+DEFAULT_WORKLOAD = "replay:data/traces/azure_conv_2023.csv?n=100000&time_scale=0.0625"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_replica_arguments(p)  # every single-replica flag is the default config of each replica
+    p.set_defaults(workload=DEFAULT_WORKLOAD, out=Path("results/cluster"))
+    p.add_argument("--replicas", type=int, default=16, help="number of replicas (default 16)")
+    p.add_argument("--router", default="round-robin", choices=ROUTERS.names())
+    p.add_argument("--replica-configs", type=Path, default=None,
+                   help="JSON list of SimConfig overrides, each optionally with 'count' (heterogeneous cluster); "
+                        "counts must add up to --replicas")  # fmt: skip
+    p.add_argument(
+        "--horizon",
+        default="lookahead",
+        choices=HORIZONS,
+        help="fast-forward bound: lookahead (exact, faster) or conservative (cluster's next arrival)",
+    )
+    p.add_argument(
+        "--prefix-groups",
+        type=int,
+        default=0,
+        help="give requests Zipf-distributed prefix group ids (for prefix-affinity); 0: none",
+    )
+    p.add_argument("--format", dest="table_format", default=default_format(), choices=FORMATS)
+    p.add_argument("--record-steps", action="store_true", help="also stream per-step rows (large)")
+    p.add_argument("--chunk-rows", type=int, default=1 << 16, help="rows per write to the tables")
+
+
+def replica_configs(args: argparse.Namespace) -> list[SimConfig]:
+    base = SimConfig(
+        accelerator=args.accelerator, model=args.model, latency_model=args.latency_model,
+        scheduler=args.scheduler, allocator=args.allocator, page_size=args.page_size,
+        hbm_utilization=args.hbm_utilization, num_pages=args.num_pages,
+        max_prefill_length=args.max_prefill_length, prefill_lengths=args.prefill_lengths,
+        max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
+        max_num_batched_tokens=args.max_num_batched_tokens, chunk_size=args.chunk_size, seed=args.seed,
+        check_invariants=args.check_invariants, record_steps=args.record_steps,
+    )  # fmt: skip
+    if args.replica_configs is None:
+        return [base] * args.replicas
+    configs: list[SimConfig] = []
+    for entry in json.loads(args.replica_configs.read_text()):
+        entry = dict(entry)
+        count = int(entry.pop("count", 1))
+        for key in ("prefill_lengths", "latency_kwargs"):
+            if key in entry:
+                entry[key] = tuple(tuple(x) if isinstance(x, list) else x for x in entry[key])
+        configs += [dataclasses.replace(base, **entry)] * count
+    if len(configs) != args.replicas:
+        raise SystemExit(f"{args.replica_configs} describes {len(configs)} replicas, --replicas is {args.replicas}")
+    return configs
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
+    t0 = time.perf_counter()
+    workload = parse_workload(spec, seed=args.seed)
+    groups = zipf_groups(len(workload), args.prefix_groups, seed=args.seed) if args.prefix_groups else None
+    build_s = time.perf_counter() - t0
+    result = simulate_cluster(
+        replica_configs(args), workload, args.router, prefix_keys=groups, seed=args.seed, horizon=args.horizon,
+        out_dir=args.out, table_format=args.table_format, record_steps=args.record_steps,
+        chunk_rows=args.chunk_rows, progress=not args.no_progress,
+    )  # fmt: skip
+    out: Path = args.out
+    result.summary.to_frame("value").to_csv(out / "summary.csv")
+    result.replicas.to_csv(out / "replicas.csv", index=False)
+    figure = plot_cluster(result, out / "cluster.png")
+    print(f"workload: {spec} ({len(workload):,} requests, built in {build_s:.1f} s)")
+    print(format_cluster(result))
+    wrote = [result.requests_path, result.steps_path, out / "summary.csv", out / "replicas.csv", figure]
+    print("wrote " + ", ".join(str(p) for p in wrote if p is not None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.cluster", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

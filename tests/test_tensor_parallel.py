@@ -322,19 +322,15 @@ def test_sharded_forward_communicates_only_two_all_reduces_per_layer(jax_mods, p
 
 
 @child_only
-def test_vsurge_with_the_proposed_tensor_parallel_wiring_matches_one_device(jax_mods, params):
-    """The wiring ``create_odriver(tensor_parallel_size=2)`` needs, done by hand on a built engine: sharded
-    params, a sharded KV pool of the planned size and the sharded forward. Greedy output must equal the
-    dense single-device oracle's (which the one-device engine matches, tests/test_vsurge_generate.py); the
-    sampler runs on vocab-sharded logits."""
-    import dataclasses
-
+def test_vsurge_tensor_parallel_matches_one_device(jax_mods, params):
+    """``create_odriver(tensor_parallel_size=2)``: sharded params, a sharded KV pool sized per device and the
+    sharded forward. Greedy output must equal the dense single-device oracle's (which the one-device engine
+    matches, tests/test_vsurge_generate.py); the sampler runs on vocab-sharded logits."""
     import numpy as np
 
     from odrive import SamplingParams, vSurge
     from odrive.models import dense_greedy_generate
     from odrive.models.checkpoint import Model
-    from odrive.parallel import allocate_sharded_kv_caches, make_sharded_paged_forward, make_tp_mesh, shard_params
 
     model = Model(CONFIG, params[CONFIG], np.dtype("float32"))
     options = dict(
@@ -347,12 +343,12 @@ def test_vsurge_with_the_proposed_tensor_parallel_wiring_matches_one_device(jax_
     )  # few shapes: few compiles
     greedy = SamplingParams(max_tokens=6, temperature=0.0)
     prompts = [PROMPTS["a"], PROMPTS["b"]]
-    surge = vSurge.create_odriver(model, **options)
-    mesh = make_tp_mesh(2)
+    surge = vSurge.create_odriver(model, tensor_parallel_size=2, **options)
     ex = surge.executor
-    ex.model = dataclasses.replace(model, params=shard_params(model.params, CONFIG, mesh))
-    ex.kv_caches = allocate_sharded_kv_caches(CONFIG, surge.memory_plan.num_pages, PAGE_SIZE, mesh, model.dtype)
-    ex._forward = make_sharded_paged_forward(CONFIG, mesh)
+    assert ex.mesh is not None and ex.kv_caches[0].sharding.spec[0] == "model"
     many = [r.token_ids for r in surge.generate(prompts, greedy)]
     assert many == [dense_greedy_generate(model.params, CONFIG, p, 6) for p in prompts]  # = one device's output
-    assert ex.kv_caches[0].sharding.spec[0] == "model"
+    assert surge.num_free_pages == surge.num_usable_pages
+    plan = vSurge.create_odriver(model, tensor_parallel_size=2, **{**options, "num_pages": None,
+                                                                     "hbm_utilization": 0.001}).memory_plan
+    assert "tp=2" in plan.source

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.models.checkpoint import Model
@@ -21,12 +23,21 @@ class JaxExecutor(Executor):
     preemption keeps swapped-out requests' K/V in host memory (``host_kv``)."""
 
     def __init__(self, model: Model, num_pages: int, page_size: int, builder: BatchBuilder, seed: int = 0,
-                 kv_dtype: object | None = None) -> None:
-        self.model = model
+                 kv_dtype: object | None = None, mesh: Mesh | None = None) -> None:
         self.builder = builder
         self.seed = seed
-        self.kv_caches = allocate_kv_caches(model.config, num_pages, page_size, kv_dtype or model.dtype)
-        self._forward = make_paged_forward(model.config)
+        self.mesh = mesh
+        if mesh is None:
+            self.model = model
+            self.kv_caches = allocate_kv_caches(model.config, num_pages, page_size, kv_dtype or model.dtype)
+            self._forward = make_paged_forward(model.config)
+        else:  # tensor parallel: weights and the kv_heads axis of the pools sharded over the mesh
+            from odrive.parallel import allocate_sharded_kv_caches, make_sharded_paged_forward, shard_params
+
+            self.model = dataclasses.replace(model, params=shard_params(model.params, model.config, mesh))
+            self.kv_caches = allocate_sharded_kv_caches(model.config, num_pages, page_size, mesh,
+                                                        kv_dtype or model.dtype)
+            self._forward = make_sharded_paged_forward(model.config, mesh)
         self.host_kv = HostKVStore(model.config.num_hidden_layers, num_pages)
 
     def swap(self, ops: SwapOps) -> float:

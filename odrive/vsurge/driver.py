@@ -80,6 +80,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         chunk_size: int | None = None,
         scheduler_kwargs: Mapping[str, Any] | None = None,
         allocator_kwargs: Mapping[str, Any] | None = None,
+        tensor_parallel_size: int = 1,
         preemption_mode: str = "recompute",
         swap_space_gib: float = 4.0,
         swap_space_pages: int | None = None,
@@ -109,17 +110,29 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             scheduler_kwargs=tuple(dict(scheduler_kwargs or {}).items()),
         )
         cfg = model.config
-        plan = plan_kv_pages(
-            weight_bytes=cfg.num_parameters() * model.dtype.itemsize,
-            kv_bytes_per_token=cfg.kv_bytes_per_token(model.dtype),
-            page_size=page_size,
-            hbm_utilization=hbm_utilization,
-            max_running=max_concurrent_decodes,
-            max_model_len=max_length,
-            num_pages_override=num_pages,
-        )
-        if preemption_mode == "swap" and swap_space_pages is None:
-            swap_space_pages = int(swap_space_gib * 2**30 // plan.page_bytes)
+        mesh = None
+        if tensor_parallel_size > 1:
+            from odrive.parallel import check_tp, make_tp_mesh, per_device_kv_pages
+
+            check_tp(cfg, tensor_parallel_size)
+            mesh = make_tp_mesh(tensor_parallel_size)
+            plan = per_device_kv_pages(
+                cfg, tp=tensor_parallel_size, page_size=page_size, hbm_utilization=hbm_utilization,
+                max_running=max_concurrent_decodes, max_model_len=max_length, dtype=model.dtype,
+                devices=list(mesh.devices.flat), num_pages_override=num_pages,
+            )  # fmt: skip
+        else:
+            plan = plan_kv_pages(
+                weight_bytes=cfg.num_parameters() * model.dtype.itemsize,
+                kv_bytes_per_token=cfg.kv_bytes_per_token(model.dtype),
+                page_size=page_size,
+                hbm_utilization=hbm_utilization,
+                max_running=max_concurrent_decodes,
+                max_model_len=max_length,
+                num_pages_override=num_pages,
+            )
+        if preemption_mode == "swap" and swap_space_pages is None:  # the host holds whole pages (all shards)
+            swap_space_pages = int(swap_space_gib * 2**30 // (plan.page_bytes * tensor_parallel_size))
         sched_cfg = dataclasses.replace(sched_cfg, preemption_mode=preemption_mode,
                                         swap_space_pages=swap_space_pages or 0)  # fmt: skip
         pages_per_seq = -(-max_length // page_size)
@@ -129,7 +142,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             seq_buckets=power_of_two_buckets(max_concurrent_decodes, smallest=1),
             pages_per_seq=pages_per_seq,
         )
-        executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed)
+        executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed, mesh=mesh)
         alloc = make_allocator(allocator, num_pages=plan.num_pages, page_size=page_size, **dict(allocator_kwargs or {}))
         eos = set(cfg.eos_token_ids) | set(processor.eos_token_ids if processor else ())
         engine = Engine(

@@ -44,6 +44,9 @@ class StepOutcome:
         return self.start + self.duration
 
 
+_UNRECORDED = PageUsage(0, 0.0, 0, 0.0, 0.0, 0.0)  # stands in where no step row is kept
+
+
 class Engine:
     """Admit → schedule → (allocate, inside the policy) → execute → append tokens → free → record.
 
@@ -173,7 +176,8 @@ class Engine:
         else:
             result = self.executor.execute(batch)
             duration, sampled = swap_time + result.duration, result.sampled_token_ids
-            usage = PageUsage.of(self.allocator.stats())  # pages in use during the step, before finishes free any
+            # pages in use during the step, before finishes free any
+            usage = PageUsage.of(self.allocator.stats()) if self.metrics.record_steps else _UNRECORDED
         end = now + duration
         outcome = StepOutcome(now, duration, num_steps, plan)
         for chunk in batch:
@@ -288,6 +292,11 @@ class Engine:
         # Steps that start before the next arrival run; the step starting at/after it must see it.
         num_steps = max(1, int(np.searchsorted(ends - durations, horizon, side="left")))
         durations = durations[:num_steps]
+        if not self.metrics.record_steps:  # no step rows: skip reconstructing the run's page use
+            for c in batch:
+                if not self.allocator.allocate(c.request_id, c.kv_len + num_steps - 1):
+                    raise InvariantViolation("fast-forward-pages", f"request {c.request_id} ran out of pages")
+            return float(ends[num_steps - 1]), num_steps, _UNRECORDED
         before = self.allocator.stats()
         ps = self.allocator.page_size
         kv = np.array([c.kv_len for c in batch], dtype=np.int64)

@@ -80,4 +80,6 @@ class JaxExecutor(Executor):
                                               jnp.asarray(top_p), jnp.asarray(seeds), jnp.asarray(steps)))
             for row in x.sample_rows:
                 sampled[batch[row].request_id] = int(tokens[row])
+        else:  # a chunk that samples nothing: still wait, so its time is charged to this step
+            logits.block_until_ready()
         return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)

@@ -1,0 +1,76 @@
+"""Per-step scheduling decisions of an engine run, as a table both the simulator and the real engine fill.
+
+``record_outcomes`` wraps one engine's ``step`` (on the instance, nothing shared is edited) so each
+``StepOutcome`` — with its ``StepPlan`` — is kept; ``plan_table`` turns them into comparable rows keyed by
+workload index instead of engine-specific request ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import pandas as pd
+
+from odrive.engine import Engine, StepOutcome
+
+PLAN_COLUMNS = (
+    "step",
+    "num_steps",
+    "num_prefill_seqs",
+    "num_decode_seqs",
+    "scheduled",
+    "preempted",
+    "pages_used",
+    "pages_used_max",
+)
+
+
+def record_outcomes(engine: Engine) -> list[StepOutcome]:
+    """Start keeping every non-empty ``StepOutcome`` of ``engine``; returns the (growing) list."""
+    outcomes: list[StepOutcome] = []
+    inner: Callable[..., StepOutcome | None] = engine.step
+
+    def step(now: float, horizon: float = float("inf")) -> StepOutcome | None:
+        outcome = inner(now, horizon)
+        if outcome is not None:
+            outcomes.append(outcome)
+        return outcome
+
+    engine.step = step  # type: ignore[method-assign]
+    return outcomes
+
+
+def sim_request_index(request_id: str) -> int:
+    """The simulator names workload row ``i`` ``r{i}``."""
+    return int(request_id[1:])
+
+
+def plan_table(
+    outcomes: list[StepOutcome], steps: pd.DataFrame, index_of: Mapping[str, int] | Callable[[str], int]
+) -> pd.DataFrame:
+    """One row per step: who was scheduled for how many tokens (``"i:n;..."`` in plan order), who was preempted,
+    and KV pages in use during the step (from the engine's own step metrics, ``steps`` rows in step order)."""
+    if len(outcomes) != len(steps):
+        raise ValueError(f"{len(outcomes)} outcomes but {len(steps)} step rows (record_steps must be on)")
+    idx = index_of if callable(index_of) else index_of.__getitem__
+    rows = []
+    for k, (o, (_, s)) in enumerate(zip(outcomes, steps.iterrows(), strict=True)):
+        rows.append((
+            k, o.num_steps, int(s["num_prefill_seqs"]), int(s["num_decode_seqs"]),
+            ";".join(f"{idx(r)}:{n}" for r, n in o.plan.num_scheduled_tokens.items()),
+            ";".join(str(idx(r)) for r in o.plan.preempted),
+            float(s["pages_used"]), int(s["pages_used_max"]),
+        ))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+
+
+def compare_plans(real: pd.DataFrame, sim: pd.DataFrame) -> pd.DataFrame:
+    """Rows where the two plan tables differ (empty when every step matches exactly)."""
+    cols = [c for c in PLAN_COLUMNS if c not in ("step", "num_steps")]
+    n = max(len(real), len(sim))
+    a = real.reindex(range(n))[cols]
+    b = sim.reindex(range(n))[cols]
+    differ = ~((a == b) | (a.isna() & b.isna())).all(axis=1)
+    out = pd.concat([a[differ].add_prefix("real_"), b[differ].add_prefix("sim_")], axis=1)
+    out.insert(0, "step", out.index)
+    return out.reset_index(drop=True)

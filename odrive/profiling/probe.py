@@ -1,0 +1,74 @@
+"""How fast is the machine right now, relative to its profile? A short real run of a fixed mini workload.
+
+A shared machine's speed drifts with other users' load, and its CPU share depends on what the engine just did
+(long stretches of one shape vs. prefills between decodes, idle gaps). The probe replays a fixed small Poisson
+workload (not the one being validated) on the real engine and compares its measured step periods with the
+calibrated model's prediction for exactly those batches: ``speed = sum(measured) / sum(predicted)``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from odrive.profiling.features import EngineGeometry, parse_lens, step_features
+from odrive.profiling.replay import replay
+from odrive.vsurge.driver import vSurge
+from sim.latency.calibrated import CalibratedLatencyModel
+from sim.workloads import Uniform, Workload, poisson_workload
+
+
+@dataclass(frozen=True)
+class SpeedProbe:
+    """``speed``: measured / predicted total period of the probe run's back-to-back steps."""
+
+    speed: float
+    num_steps: int
+    seconds: float
+
+
+def predict_steps(steps: pd.DataFrame, model: CalibratedLatencyModel, geometry: EngineGeometry) -> pd.DataFrame:
+    """A real run's own batches (``ReplayResult.steps``): the model's step time at speed 1, with the switch
+    penalty when the compiled shape changed or the engine was idle (as the simulator charges it)."""
+    steps = steps.copy()
+    predicted, switched, last = [], [], None
+    for q, kv, idle in zip(steps["q_lens"], steps["kv_lens"], steps["after_idle"], strict=True):
+        f = step_features(parse_lens(q), parse_lens(kv), geometry)
+        shape = (f.padded_tokens, f.padded_seqs)
+        switched.append(shape != last or bool(idle))
+        predicted.append(model.time_of(f, switched[-1]) / model.speed)
+        last = shape
+    steps["predicted_s"], steps["switched"] = predicted, switched
+    return steps
+
+
+def speed_of(steps: pd.DataFrame) -> float:
+    """Measured over predicted time of the back-to-back steps of :func:`predict_steps` output."""
+    s = steps.dropna(subset=["period_s"])
+    return float(s["period_s"].sum() / s["predicted_s"].sum()) if len(s) else 1.0
+
+
+def probe_workload(max_prompt: int, seed: int = 0, rate: float = 25.0, n: int = 16) -> Workload:
+    return poisson_workload(rate, n, Uniform(16, min(128, max_prompt)), Uniform(8, 24), seed=10_000 + seed)
+
+
+def measure_speed(
+    surge: vSurge,
+    model: CalibratedLatencyModel,
+    geometry: EngineGeometry,
+    *,
+    seed: int = 0,
+    workload: Workload | None = None,
+) -> SpeedProbe:
+    """Replay the probe workload on ``surge`` (idle, warmed) and return its speed relative to ``model``."""
+    t0 = time.perf_counter()
+    wl = workload or probe_workload(surge.engine.scheduler.config.max_prefill_length, seed)
+    steps = predict_steps(replay(surge, wl, seed=seed).steps, model, geometry)
+    return SpeedProbe(speed_of(steps), int(steps["period_s"].notna().sum()), time.perf_counter() - t0)
+
+
+def geometric_mean(*speeds: float) -> float:
+    return float(np.exp(np.mean(np.log(speeds))))

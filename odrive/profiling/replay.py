@@ -1,0 +1,148 @@
+"""Replay a workload on the real engine at its arrival times on the wall clock.
+
+The driver steps ``vSurge`` itself in the calling thread: before each step it submits every request whose
+arrival time has passed (stamping the request with its scheduled arrival time, as the simulator does), and
+when the engine is idle it sleeps until the next arrival. Arrivals during a step are admitted at the next
+step boundary — exactly the simulator's rule — so the two runs differ only in step durations.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from odrive.engine import StepOutcome
+from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.profiling.plans import plan_table, record_outcomes
+from odrive.sampling_params import SamplingParams
+from odrive.vsurge.driver import vSurge
+from sim.workloads.request import Workload
+
+TIME_COLUMNS = ("arrival_time", "first_scheduled_time", "first_token_time", "finish_time")
+
+
+class ShapeRecorder(Executor):
+    """Delegates to the real executor and keeps each step's ``(q_lens, kv_lens)`` (two list appends)."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.shapes: list[tuple[list[int], list[int]]] = []
+
+    def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
+        self.shapes.append(([c.num_tokens for c in batch], [c.start + c.num_tokens for c in batch]))
+        return self.inner.execute(batch)
+
+
+@dataclass
+class ReplayResult:
+    """Engine metrics of the replay with times in seconds from the replay's origin.
+
+    ``requests``: the engine's per-request frame plus ``index`` (workload row).
+    ``steps``: the engine's per-step frame plus ``exec_s`` (executor time), ``period_s`` (start of this step
+    to start of the next when they ran back to back, else NaN), ``after_idle`` and the batch's ``q_lens``/
+    ``kv_lens`` (``;``-joined). ``plans``: :func:`odrive.profiling.plans.plan_table` of the run.
+    """
+
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    plans: pd.DataFrame
+    wall_s: float
+    admit_lag_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def make_prompts(workload: Workload, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """Random prompt token ids of the workload's lengths (ids >= 3: clear of the usual special tokens)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab_size, int(n)).tolist() for n in workload.prompt_lens]
+
+
+def replay(
+    surge: vSurge, workload: Workload, *, seed: int = 0, lead_s: float = 0.005, spin_s: float = 0.0015
+) -> ReplayResult:
+    """Run ``workload`` (greedy, ``ignore_eos``: each request makes exactly its output length) on ``surge``.
+
+    The engine must be idle and its background thread stopped. ``lead_s`` puts the origin slightly in the
+    future so the first arrival is not late; ``spin_s`` is how long before an arrival sleeping turns into
+    polling (``time.sleep`` overshoots by ~0.1 ms).
+    """
+    engine = surge.engine
+    if engine.has_unfinished or surge._thread is not None:
+        raise RuntimeError("replay needs an idle engine without its background thread")
+    prompts = make_prompts(workload, surge.model.config.vocab_size, seed)
+    params = [SamplingParams(max_tokens=int(n), temperature=0.0, ignore_eos=True) for n in workload.output_lens]
+    arrivals = workload.arrival_times.tolist()
+    n_req, n_steps0, n_done0 = len(arrivals), len(engine.metrics.steps_frame()), engine.metrics.num_done
+    recorder = ShapeRecorder(engine.executor)
+    own_step = engine.__dict__.get("step")
+    outcomes: list[StepOutcome] = record_outcomes(engine)
+    engine.executor = recorder
+    index_of: dict[str, int] = {}
+    lag = np.zeros(n_req)
+    after_idle: list[bool] = []
+    idle = True
+    i = 0
+    origin = time.perf_counter() + lead_s
+    try:
+        while i < n_req or engine.has_unfinished:
+            now = time.perf_counter()
+            while i < n_req and origin + arrivals[i] <= now:
+                handle = surge.submit(prompts[i], params[i])
+                handle.request.arrival_time = origin + arrivals[i]
+                index_of[handle.request_id] = i
+                lag[i] = now - (origin + arrivals[i])
+                i += 1
+            if engine.has_unfinished and surge.step() is not None:
+                after_idle.append(idle)
+                idle = False
+                continue
+            if i >= n_req:
+                raise RuntimeError("requests remain but the engine scheduled nothing and none will arrive")
+            _sleep_until(origin + arrivals[i], spin_s)
+            idle = True
+    finally:
+        engine.executor = recorder.inner
+        if own_step is None:
+            del engine.step
+        else:
+            engine.step = own_step  # type: ignore[method-assign]
+    wall = time.perf_counter() - origin
+    steps = engine.metrics.steps_frame().iloc[n_steps0:].reset_index(drop=True)
+    requests = engine.metrics.requests_frame().iloc[n_done0:].copy()
+    requests.insert(0, "index", requests["request_id"].map(index_of))
+    requests = requests.sort_values("index").reset_index(drop=True)
+    for col in TIME_COLUMNS:
+        requests[col] = requests[col] - origin
+    plans = plan_table(outcomes, steps, index_of)
+    steps = _with_step_timing(steps, outcomes, recorder.shapes, after_idle, origin)
+    return ReplayResult(requests, steps, plans, wall, lag)
+
+
+def _with_step_timing(
+    steps: pd.DataFrame,
+    outcomes: list[StepOutcome],
+    shapes: list[tuple[list[int], list[int]]],
+    after_idle: list[bool],
+    origin: float,
+) -> pd.DataFrame:
+    steps = steps.copy()
+    starts = np.array([o.start for o in outcomes])
+    steps["time"] = starts - origin
+    steps["exec_s"] = [o.duration for o in outcomes]
+    nxt_idle = np.array([*after_idle[1:], True])
+    period = np.append(np.diff(starts), np.nan)
+    steps["period_s"] = np.where(nxt_idle, np.nan, period)
+    steps["after_idle"] = after_idle
+    steps["q_lens"] = [";".join(map(str, q)) for q, _ in shapes]
+    steps["kv_lens"] = [";".join(map(str, kv)) for _, kv in shapes]
+    return steps
+
+
+def _sleep_until(deadline: float, spin_s: float) -> None:
+    remaining = deadline - time.perf_counter()
+    if remaining > spin_s:
+        time.sleep(remaining - spin_s)
+    while time.perf_counter() < deadline:
+        pass

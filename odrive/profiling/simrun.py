@@ -1,0 +1,60 @@
+"""Run the simulator the way a validation against the real engine needs it: the calibrated model fed each
+batch's exact per-sequence lengths, the real engine's buckets, optionally per-step (no fast-forward) with
+every plan recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from odrive.profiling.features import EngineGeometry
+from odrive.profiling.plans import plan_table, record_outcomes, sim_request_index
+from sim.config import SimConfig
+from sim.executor import SimExecutor
+from sim.latency.calibrated import CalibratedLatencyModel, CalibratedSimExecutor
+from sim.simulator import SimResult, Simulator
+from sim.workloads.request import Workload
+
+
+@dataclass
+class SimRun:
+    result: SimResult
+    requests: pd.DataFrame  # result.requests plus ``index`` (workload row)
+    plans: pd.DataFrame | None = None
+
+
+def simulate_calibrated(
+    config: SimConfig,
+    workload: Workload,
+    model: CalibratedLatencyModel,
+    *,
+    max_length: int | None = None,
+    exact: bool = True,
+    fast_forward: bool = True,
+    record_plans: bool = False,
+) -> SimRun:
+    """Simulate ``workload`` under ``config`` with ``model``.
+
+    ``exact``: time batches from their per-sequence lengths with the geometry ``vSurge.create_odriver`` builds
+    for this scheduler config and ``max_length`` (:class:`CalibratedSimExecutor`); otherwise through the
+    ``BatchShape`` interface the stock ``SimExecutor`` uses. ``fast_forward=False`` steps decode runs one at a
+    time (the real engine's granularity), e.g. to compare plans step by step.
+    """
+    sim = Simulator(config, workload)
+    engine = sim.engine
+    sched_cfg = engine.scheduler.config
+    if exact:
+        geometry = EngineGeometry.for_engine(sched_cfg, config.page_size, max_length)
+        executor = CalibratedSimExecutor(model, sched_cfg, geometry, clock=lambda: sim.env.now)
+    else:
+        executor = SimExecutor(model, sched_cfg)
+    executor.supports_decode_runs = fast_forward
+    engine.executor = executor
+    outcomes = record_outcomes(engine) if record_plans else None
+    result = sim.run()
+    requests = result.requests.copy()
+    requests.insert(0, "index", requests["request_id"].map(sim_request_index))
+    requests = requests.sort_values("index").reset_index(drop=True)
+    plans = plan_table(outcomes, result.steps, sim_request_index) if outcomes is not None else None
+    return SimRun(result, requests, plans)

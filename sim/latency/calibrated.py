@@ -1,0 +1,262 @@
+"""A latency model calibrated from a profile of the real engine (``odrive profile``).
+
+``step time = speed x (exec(features) [+ switch penalty] + loop overhead(num_seqs))``: ``exec`` is a
+non-negative linear fit to the profile's settled step medians times its measured mean/median tail factor,
+``overhead`` the engine loop's measured cost outside the executor (:mod:`odrive.profiling.fit`). The features
+reproduce what the real step computes: ``BatchBuilder``'s token and sequence buckets and the blocked attention
+kernel's loop trips (:mod:`odrive.profiling.features`). ``speed`` (default 1: the machine as profiled) scales
+everything, e.g. by a load factor measured on a shared machine.
+
+Two ways in:
+
+- :meth:`CalibratedLatencyModel.step_time_chunks` / :class:`CalibratedSimExecutor`: from the batch's
+  per-sequence lengths — exact features (the kernel's decode cost follows the *longest* context); the
+  executor also charges the measured switch penalty when the compiled shape changes or the engine idled.
+- :meth:`CalibratedLatencyModel.step_time` (the :class:`BatchShape` interface ``SimExecutor`` uses): a
+  ``BatchShape`` only carries sums, so decode contexts are taken as equal (their mean) and prefill chunks as
+  equal shares; buckets default to powers of two (the real engine's, for power-of-two limits).
+
+The accelerator passed by the registry is ignored: the profile *is* the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.profiling.features import (
+    FEATURE_COLUMNS,
+    EngineGeometry,
+    StepFeatures,
+    decode_run_features,
+    step_features,
+)
+from odrive.profiling.fit import ProfileFit, fit_profile
+from odrive.profiling.profile import Profile, find_profile
+from odrive.runtime.batch_builder import power_of_two_buckets
+from odrive.schedulers.config import SchedulerConfig
+from sim.hardware import Accelerator
+from sim.latency.base import LatencyModel, check_decode_run
+from sim.latency.batch_shape import BatchShape
+from sim.latency.registry import register_latency_model
+from sim.model_spec import ModelSpec
+
+_SPEC_TO_HF = {
+    "num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_q_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate_size": "intermediate_size",
+    "vocab_size": "vocab_size",
+}  # fmt: skip
+
+
+def generic_geometry(page_size: int, max_length: int = 1 << 16) -> EngineGeometry:
+    """Power-of-two token (from 8) and sequence (from 1) buckets: the real engine's for power-of-two limits."""
+    return EngineGeometry(
+        page_size, power_of_two_buckets(1 << 20), power_of_two_buckets(1 << 16, smallest=1), -(-max_length // page_size)
+    )
+
+
+class CalibratedLatencyModel(LatencyModel):
+    """Step times predicted from a measured profile.
+
+    ``geometry``: the target engine's buckets for the ``BatchShape`` path (default :func:`generic_geometry`
+    of ``page_size``, itself defaulting to the profile's first page size). ``speed``: a factor on every
+    time (1 = the machine as profiled; >1 = slower, e.g. a measured load factor). ``host_overhead``: add the
+    engine loop's measured overhead (scheduling, bookkeeping) to the executor time.
+    """
+
+    def __init__(
+        self,
+        profile: Profile | str | Path,
+        *,
+        geometry: EngineGeometry | None = None,
+        page_size: int | None = None,
+        speed: float = 1.0,
+        host_overhead: bool = True,
+        switch_penalty: bool = True,
+        fit: ProfileFit | None = None,
+    ) -> None:
+        self.profile = profile if isinstance(profile, Profile) else Profile.load(profile)
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.fit = fit or fit_profile(self.profile, cross_validate=False)
+        self.page_size = page_size or int(self.profile.meta["page_sizes"][0])
+        self.geometry = geometry or generic_geometry(self.page_size)
+        self.speed = float(speed)
+        self.host_overhead = host_overhead
+        self.switch_penalty_s = self.fit.switch_penalty_s if switch_penalty else 0.0
+
+    # --- core -------------------------------------------------------------------------------------
+    def time_of_rows(self, rows: np.ndarray, switched: np.ndarray | bool = False) -> np.ndarray:
+        """Seconds for feature rows (``FEATURE_COLUMNS`` order, shape ``[n, len(FEATURE_COLUMNS)]``); rows
+        flagged ``switched`` (compiled shape differs from the previous step's) pay the switch penalty."""
+        t = self.fit.predict_exec(rows, FEATURE_COLUMNS) + self.switch_penalty_s * np.asarray(switched)
+        if self.host_overhead:
+            t = t + self.fit.predict_overhead(rows[:, FEATURE_COLUMNS.index("num_seqs")])
+        return self.speed * t
+
+    def time_of(self, features: StepFeatures, switched: bool = False) -> float:
+        row = np.array([[getattr(features, c) for c in FEATURE_COLUMNS]], dtype=np.float64)
+        return float(self.time_of_rows(row, switched)[0])
+
+    # --- exact path: per-sequence lengths ---------------------------------------------------------
+    def step_time_chunks(
+        self, q_lens: list[int], kv_lens: list[int], geometry: EngineGeometry | None = None, switched: bool = False
+    ) -> float:
+        """Seconds for a step computing ``q_lens[i]`` new tokens of a ``kv_lens[i]``-token context each."""
+        if not q_lens:
+            return 0.0
+        return self.time_of(step_features(q_lens, kv_lens, geometry or self.geometry), switched)
+
+    def decode_run_times_for(
+        self, kv_lens: list[int], num_steps: int, geometry: EngineGeometry | None = None, switched: bool = False
+    ) -> np.ndarray:
+        """``num_steps`` decode steps of sequences whose contexts (this step's token included) start at
+        ``kv_lens``; equals calling :meth:`step_time_chunks` step by step (only the first may be ``switched``:
+        the batch keeps its compiled shape)."""
+        if num_steps == 0:
+            return np.zeros(0)
+        flags = np.zeros(num_steps)
+        flags[0] = switched
+        return self.time_of_rows(decode_run_features(kv_lens, num_steps, geometry or self.geometry), flags)
+
+    # --- the BatchShape interface ------------------------------------------------------------------
+    def shape_features(self, shape: BatchShape) -> StepFeatures:
+        """Features of a step known only by its sums (see the module docstring for the assumptions)."""
+        n_dec = shape.num_decode_tokens
+        n_pre = shape.num_seqs - n_dec
+        dec_kv = shape.decode_attention_pairs if n_dec else 0
+        q_lens: list[int] = []
+        kv_lens: list[int] = []
+        if n_pre > 0:
+            pre_kv = max(shape.kv_tokens_read - dec_kv, shape.num_prefill_tokens)
+            q_lens += _split(shape.num_prefill_tokens, n_pre)
+            kv_lens += [max(q, k) for q, k in zip(q_lens, _split(pre_kv, n_pre), strict=True)]
+        if n_dec:
+            q_lens += [1] * n_dec
+            kv_lens += _split(max(dec_kv, n_dec), n_dec)
+        return step_features(q_lens, kv_lens, self.geometry)
+
+    def step_time(self, shape: BatchShape) -> float:
+        if shape.num_tokens == 0:
+            return 0.0
+        return self.time_of(self.shape_features(shape))
+
+    def decode_run_times(self, num_seqs: int, kv_tokens_read: int, num_steps: int) -> np.ndarray:
+        check_decode_run(num_seqs, kv_tokens_read, num_steps)
+        if num_steps == 0:
+            return np.zeros(0)
+        # Equal contexts (the BatchShape assumption): the longest is ceil(mean); it grows 1 per step.
+        k = np.arange(num_steps, dtype=np.int64)
+        total = kv_tokens_read + num_seqs * k
+        longest = -(-total // num_seqs)
+        base = self.shape_features(BatchShape.decode_only(num_seqs, kv_tokens_read))
+        rows = np.tile(np.array([getattr(base, c) for c in FEATURE_COLUMNS], np.float64), (num_steps, 1))
+        blocks = -(-longest // self.geometry.block_tokens)
+        col = FEATURE_COLUMNS.index
+        rows[:, col("decode_blocks")] = blocks
+        rows[:, col("decode_kv_slots")] = base.padded_seqs * blocks * self.geometry.block_tokens
+        rows[:, col("kv_tokens")] = total
+        return self.time_of_rows(rows)
+
+    def with_speed(self, speed: float) -> CalibratedLatencyModel:
+        """The same model with every time multiplied by ``speed`` (shares the fit)."""
+        return CalibratedLatencyModel(
+            self.profile,
+            geometry=self.geometry,
+            page_size=self.page_size,
+            speed=speed,
+            host_overhead=self.host_overhead,
+            switch_penalty=self.switch_penalty_s > 0,
+            fit=self.fit,
+        )
+
+
+def _split(total: int, n: int) -> list[int]:
+    """``n`` integers as equal as possible summing to ``total`` (largest first)."""
+    q, r = divmod(int(total), n)
+    return [q + 1] * r + [q] * (n - r)
+
+
+class CalibratedSimExecutor(Executor):
+    """The simulator's executor for a calibrated model: like ``SimExecutor`` it only models time, but hands
+    the model each batch's per-sequence lengths (exact features) and the real engine's bucket geometry for
+    ``scheduler_config`` (as ``vSurge.create_odriver`` builds it), and charges the measured switch penalty to
+    a step whose compiled shape differs from the previous step's — or, given the simulator's ``clock``, that
+    starts after the engine sat idle."""
+
+    supports_decode_runs = True
+
+    def __init__(
+        self,
+        latency_model: CalibratedLatencyModel,
+        scheduler_config: SchedulerConfig,
+        geometry: EngineGeometry | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.latency_model = self.model = latency_model
+        self.scheduler_config = scheduler_config
+        self.geometry = geometry or EngineGeometry.for_engine(scheduler_config, latency_model.page_size)
+        self.clock = clock
+        self._last_shape: tuple[int, int] | None = None
+        self._busy_until = -np.inf
+
+    def _switched(self, features: StepFeatures) -> bool:
+        shape = (features.padded_tokens, features.padded_seqs)
+        switched, self._last_shape = shape != self._last_shape, shape
+        if self.clock is not None and self.clock() > self._busy_until + 1e-9:
+            switched = True  # the engine was idle
+        return switched
+
+    def _ran(self, seconds: float) -> None:
+        if self.clock is not None:
+            self._busy_until = self.clock() + seconds
+
+    def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
+        f = step_features([c.num_tokens for c in batch], [c.kv_len for c in batch], self.geometry)
+        duration = self.model.time_of(f, self._switched(f))
+        self._ran(duration)
+        return ExecuteResult(duration=duration)
+
+    def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
+        kv = [c.kv_len for c in batch]
+        switched = self._switched(step_features([1] * len(kv), kv, self.geometry))
+        durations = self.model.decode_run_times_for(kv, num_steps, self.geometry, switched)
+        self._ran(float(durations.sum()))  # a run cut short by an arrival is followed by a step, not idleness
+        return durations
+
+
+def check_model_matches(profile: Profile, model: ModelSpec) -> None:
+    """Raise ValueError when ``model``'s shape differs from the profiled model's."""
+    cfg = profile.meta.get("model", {}).get("config", {})
+    diff = {k: (getattr(model, k), cfg.get(hf)) for k, hf in _SPEC_TO_HF.items() if cfg.get(hf) != getattr(model, k)}
+    if diff:
+        name = profile.meta.get("model", {}).get("spec_name") or "the profiled model"
+        detail = ", ".join(f"{k}: {a} vs {b}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"profile {profile.path} was measured on {name}, not {model.name!r} ({detail}); "
+            "profile this model with `odrive profile` or pass strict=False"
+        )
+
+
+@register_latency_model("calibrated")
+def calibrated_latency_model(
+    accelerator: Accelerator,
+    model: ModelSpec,
+    profile: str | Path | Profile | None = None,
+    page_size: int | None = None,
+    speed: float = 1.0,
+    strict: bool = True,
+    **kw: Any,
+) -> CalibratedLatencyModel:
+    """Registry factory: ``profile`` defaults to the shipped profile of ``model`` (``data/profiles``)."""
+    del accelerator  # the profile is the device
+    if profile is None or (isinstance(profile, str) and not profile):
+        profile = find_profile(model.name)
+    prof = profile if isinstance(profile, Profile) else Profile.load(profile)
+    if strict:
+        check_model_matches(prof, model)
+    return CalibratedLatencyModel(prof, page_size=page_size, speed=speed, **kw)

@@ -1,0 +1,211 @@
+"""The calibrated latency model: registry, profile lookup, geometry = BatchBuilder's, fast-forward = stepping,
+and a regression guard on the held-out error recorded in the shipped profile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from odrive.executor import SeqChunk
+from odrive.profiling.features import EngineGeometry, step_features
+from odrive.profiling.fit import fit_profile
+from odrive.profiling.profile import PROFILE_DIR, Profile
+from odrive.request import Request
+from odrive.runtime.batch_builder import BatchBuilder
+from odrive.sampling_params import SamplingParams
+from odrive.schedulers.config import SchedulerConfig
+from sim.config import SimConfig
+from sim.latency import BatchShape, CalibratedLatencyModel, get_latency_model
+from sim.simulator import simulate
+from sim.workloads import Uniform, poisson_workload
+
+SHIPPED = PROFILE_DIR / "cpu-tiny-bench-f32.csv"
+_MODEL = CalibratedLatencyModel(SHIPPED)  # hypothesis tests cannot take function-scoped fixtures
+
+
+@pytest.fixture(scope="module")
+def profile() -> Profile:
+    return Profile.load(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def model(profile: Profile) -> CalibratedLatencyModel:
+    return CalibratedLatencyModel(profile)
+
+
+def test_registry_builds_it_from_a_path_or_the_shipped_default(profile: Profile) -> None:
+    a = get_latency_model("calibrated", accelerator="h100-80gb", model="tiny-bench", profile=str(SHIPPED))
+    b = get_latency_model("calibrated", accelerator="a100-80gb", model="tiny-bench")  # found by model name
+    shape = BatchShape.decode_only(8, 8 * 200)
+    assert isinstance(a, CalibratedLatencyModel) and a.step_time(shape) == b.step_time(shape) > 0
+    assert profile.meta["model"]["dtype"] == "float32"
+
+
+def test_a_profile_of_another_model_is_refused() -> None:
+    with pytest.raises(ValueError, match="tiny-bench"):
+        get_latency_model("calibrated", accelerator="h100-80gb", model="llama-2-7b", profile=str(SHIPPED))
+
+
+def test_heldout_error_stays_below_the_recorded_value(profile: Profile) -> None:
+    """Regression guard: refitting the shipped profile with today's features and fit must do no worse than
+    the held-out error recorded when it was measured (and must beat both baselines that justify it)."""
+    recorded = profile.meta["fit"]["heldout"]
+    now = fit_profile(profile).heldout
+    for key in ("leave_one_point_out", "leave_one_shape_out"):
+        assert now[key]["median_abs_pct"] <= recorded[key]["median_abs_pct"] + 1e-6, key
+        assert now[key]["p90_abs_pct"] <= recorded[key]["p90_abs_pct"] + 1e-6, key
+    # Why a regression: it beats a BatchShape-only regression outright, and grid interpolation where it matters
+    # to a simulator (the tail, and buckets never measured).
+    assert now["leave_one_point_out"]["median_abs_pct"] < now["baseline_unpadded_linear_point_out"]["median_abs_pct"]
+    assert now["leave_one_point_out"]["max_abs_pct"] < now["baseline_grid_interpolation_point_out"]["max_abs_pct"]
+    shape_out = now["leave_one_shape_out"]["p90_abs_pct"]
+    assert shape_out < now["baseline_grid_interpolation_shape_out"]["p90_abs_pct"]
+
+
+def test_every_count_costs_time(model: CalibratedLatencyModel) -> None:
+    assert model.fit.step.intercept >= 0 and min(model.fit.step.coef) >= 0
+    t = model.step_time_chunks
+    assert t([1] * 8, [300] * 8) >= t([1] * 8, [100] * 8) >= t([1] * 4, [100] * 4)
+    assert t([1] * 4, [16, 16, 16, 700]) > t([1] * 4, [187] * 4)  # the longest context sets the kernel's trips
+    assert t([256], [256]) > t([64], [64]) > 0
+
+
+def test_features_follow_the_kernel_and_the_buckets() -> None:
+    geo = EngineGeometry(16, (8, 16, 32, 64, 128, 256), (1, 2, 4, 8, 16), pages_per_seq=32)
+    f = step_features([1, 1, 1], [10, 300, 40], geo)
+    assert (f.padded_tokens, f.padded_seqs, f.decode_blocks, f.decode_kv_slots) == (8, 4, 2, 4 * 2 * 256)
+    f = step_features([200], [456], geo)  # 256 cached + a 200-token chunk: tiles of 128 rows
+    assert (f.padded_tokens, f.prefill_tiles, f.prefill_blocks) == (256, 2, 1 + 1 + 1 + 1)
+    assert geo.block_tokens == 256 and EngineGeometry(64, (8,), (1,), pages_per_seq=2).block_tokens == 128
+
+
+def _chunk(rid: str, q: int, kv: int, page_size: int) -> SeqChunk:
+    decode = q == 1 and kv > 1
+    req = Request.from_tokens(rid, list(range(3, 3 + kv - decode)), SamplingParams(max_tokens=4))
+    if decode:
+        req.output_token_ids.append(5)
+        req.num_output_tokens = 1
+    req.num_computed_tokens = kv - q
+    return SeqChunk(req, kv - q, q, list(range(1, 1 + -(-kv // page_size))), True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 96), st.integers(0, 300)), min_size=1, max_size=12),
+    st.sampled_from([8, 16, 32]),
+    st.integers(40, 300),
+    st.integers(1, 16),
+)
+def test_geometry_reproduces_batch_builder_padding(seqs, page_size, max_prefill, max_decodes) -> None:
+    cfg = SchedulerConfig(
+        max_prefill_length=max_prefill,
+        max_concurrent_decodes=max_decodes,
+        max_num_batched_tokens=2048,
+        max_model_len=1024,
+    )
+    geo = EngineGeometry.for_engine(cfg, page_size)
+    seqs = seqs[: geo.seq_buckets[-1]]
+    builder = BatchBuilder(page_size, geo.token_buckets, geo.seq_buckets, geo.pages_per_seq)
+    batch = [_chunk(f"r{i}", q, q + c, page_size) for i, (q, c) in enumerate(seqs)]
+    if sum(c.num_tokens for c in batch) > geo.token_buckets[-1]:
+        return
+    x = builder.build(batch)
+    f = step_features([c.num_tokens for c in batch], [c.kv_len for c in batch], geo)
+    assert (f.padded_tokens, f.padded_seqs) == (len(x.token_ids), len(x.kv_lens))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 900), st.integers(0, 700))
+def test_batchshape_decode_run_equals_stepping(num_seqs: int, extra: int, steps: int) -> None:
+    model = _MODEL
+    kv = num_seqs + extra
+    run = model.decode_run_times(num_seqs, kv, steps)
+    each = [model.step_time(BatchShape.decode_only(num_seqs, kv + k * num_seqs)) for k in range(steps)]
+    np.testing.assert_allclose(run, each, rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 900), min_size=1, max_size=24), st.integers(0, 600))
+def test_exact_decode_run_equals_stepping(kv_lens: list[int], steps: int) -> None:
+    model = _MODEL
+    run = model.decode_run_times_for(kv_lens, steps)
+    each = [model.step_time_chunks([1] * len(kv_lens), [k + s for k in kv_lens]) for s in range(steps)]
+    np.testing.assert_allclose(run, each, rtol=1e-12)
+
+
+def test_exact_executor_fast_forward_equals_stepping() -> None:
+    """The calibrated executor keeps state (the previous compiled shape): fast-forwarded decode runs must still
+    give what stepping one at a time gives."""
+    from odrive.profiling.simrun import simulate_calibrated
+
+    wl = poisson_workload(100.0, 120, Uniform(16, 200), Uniform(4, 48), seed=2)
+    cfg = SimConfig(
+        model="tiny-bench",
+        latency_model="calibrated",
+        num_pages=80,
+        max_prefill_length=256,
+        max_concurrent_prefill=1,
+        max_concurrent_decodes=16,
+        latency_kwargs=(("profile", str(SHIPPED)),),
+    )
+    fast = simulate_calibrated(cfg, wl, _MODEL, max_length=512).requests
+    slow = simulate_calibrated(cfg, wl, _MODEL, max_length=512, fast_forward=False).requests
+    assert fast["num_preemptions"].sum() > 0  # overloaded and short of pages: preemptions, idle gaps, switches
+    np.testing.assert_allclose(fast["finish_time"], slow["finish_time"], rtol=1e-9)
+    np.testing.assert_allclose(fast["first_token_time"], slow["first_token_time"], rtol=1e-9)
+
+
+def test_a_change_of_compiled_shape_pays_the_switch_penalty() -> None:
+    from sim.latency.calibrated import CalibratedSimExecutor
+
+    ex = CalibratedSimExecutor(_MODEL, SchedulerConfig(max_prefill_length=256, max_concurrent_decodes=16))
+    decode, prefill = [_chunk("a", 1, 100, 16)], [_chunk("b", 64, 64, 16)]
+    first, steady = ex.execute(decode).duration, ex.execute(decode).duration
+    assert _MODEL.switch_penalty_s > 0 and first > steady
+    p1, p2 = ex.execute(prefill).duration, ex.execute(prefill).duration
+    assert p1 > p2 and ex.execute(decode).duration == first
+
+
+def test_simulator_runs_on_the_calibrated_model() -> None:
+    wl = poisson_workload(20.0, 200, Uniform(16, 200), Uniform(4, 48), seed=1)
+    cfg = SimConfig(
+        model="tiny-bench",
+        latency_model="calibrated",
+        num_pages=300,
+        max_prefill_length=256,
+        max_concurrent_prefill=1,
+        max_concurrent_decodes=16,
+        latency_kwargs=(("profile", str(SHIPPED)),),
+    )
+    result = simulate(cfg, wl)
+    assert result.summary["finished"] == 200 and 0.001 < result.summary["tpot_p50"] < 0.2
+
+
+def test_odrive_sim_cli_accepts_the_calibrated_model(tmp_path) -> None:
+    from odrive.cli import main
+
+    rc = main(
+        [
+            "sim",
+            "--latency-model",
+            "calibrated",
+            "--model",
+            "tiny-bench",
+            "--profile",
+            str(SHIPPED),
+            "--workload",
+            "poisson:rate=20,n=100,prompt=uniform(16,128),output=uniform(4,32)",
+            "--num-pages",
+            "400",
+            "--max-prefill-length",
+            "256",
+            "--max-concurrent-decodes",
+            "16",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0 and (tmp_path / "summary.csv").is_file()

@@ -1,0 +1,72 @@
+"""The simulator against the real engine on this machine (a small configuration of
+``experiments/validate_sim.py``): a closed workload's per-step plans match exactly, and an open workload's
+errors stay within bounds a noisy shared 2-core machine can honestly meet.
+
+The machine's speed drifts with other users' load, so the step-time level is checked loosely (the real run's
+speed relative to the shipped profile) and the errors are judged with the simulator told the machine's
+speed — by the independent probe ("adjusted") or by the run's own mean step speed ("run_speed", leaving only
+the model's structure: relative step costs, padding, queueing). ``python -m experiments.validate_sim`` prints
+the measured errors; the bounds leave room for the noise of a 30-request run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from experiments.validate_sim import SMALL, Validation, run_validation
+
+# Percent. Measured with this configuration on the shared 2-core machine (load average 2-3, 7 runs): run-speed
+# E2E 7-11 %, adjusted 4-11 %, raw 22-61 % (the machine's speed vs. the profile's), throughput < 1.2 %,
+# per-step median |error| 7-20 %. Bounds leave room for heavier load (per-step noise grows with it).
+RUN_SPEED_E2E_MEDIAN_ABS = 20.0
+ADJUSTED_E2E_MEDIAN_ABS = 30.0
+THROUGHPUT_ABS = 5.0
+STEP_PERIOD_MEDIAN_ABS = 35.0
+
+
+@pytest.fixture(scope="module")
+def validation() -> Validation:
+    cfg = replace(
+        SMALL,
+        loads=(0.5,),
+        trace_loads=(),
+        num_requests=30,
+        max_prefill_length=128,
+        max_length=256,
+        max_concurrent_decodes=8,
+        num_pages=72,
+        prompt=(16, 112),
+        output=(8, 40),
+        closed_requests=20,
+        closed_prompt=(96, 128),
+        closed_output=(32, 64),
+    )
+    return run_validation(cfg, log=lambda _: None)
+
+
+def _err(v: Validation, variant: str, metric: str, statistic: str) -> float:
+    e = v.errors
+    row = e[(e["variant"] == variant) & (e["metric"] == metric) & (e["statistic"] == statistic)]
+    return float(row["error_pct"].median())
+
+
+def test_closed_workload_plans_match_step_for_step(validation: Validation) -> None:
+    s = validation.summary
+    assert s["plans_identical"], validation.plans_diff.head().to_string()
+    assert s["closed_preemptions"] > 0  # the pool is small enough that preemption decisions are compared too
+    assert s["fast_forward_outcome_identical"]
+    assert validation.plans_real["pages_used_max"].max() == validation.plans_sim["pages_used_max"].max()
+
+
+def test_open_workload_errors_are_bounded(validation: Validation) -> None:
+    run_speed = float(validation.steps["run_speed"].iloc[0])
+    assert 1 / 3 < run_speed < 3, "this machine is not the one the shipped profile describes"
+    assert _err(validation, "run_speed", "e2e", "median_abs") < RUN_SPEED_E2E_MEDIAN_ABS
+    assert _err(validation, "adjusted", "e2e", "median_abs") < ADJUSTED_E2E_MEDIAN_ABS
+    for variant in ("run_speed", "adjusted"):
+        assert abs(_err(validation, variant, "request_throughput", "value")) < THROUGHPUT_ABS
+    assert validation.summary["step_period_error_pct"]["median_abs"] < STEP_PERIOD_MEDIAN_ABS
+    r = validation.requests
+    assert len(r) and r["e2e_real"].notna().all() and r["e2e_sim"].notna().all()

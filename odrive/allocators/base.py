@@ -51,6 +51,8 @@ class PageAllocator(ABC):
             )
         self.num_pages = num_pages  # including the null page
         self.page_size = page_size
+        self._tables: dict[str, list[int]] = {}  # request_id -> page table
+        self._tokens: dict[str, int] = {}  # request_id -> tokens its pages hold
 
     # --- required -----------------------------------------------------------------------------
     @abstractmethod
@@ -59,20 +61,20 @@ class PageAllocator(ABC):
     @abstractmethod
     def free(self, request_id: str) -> None: ...
 
-    @abstractmethod
-    def page_table(self, request_id: str) -> list[int]: ...
+    def page_table(self, request_id: str) -> list[int]:
+        return self._tables.get(request_id, [])
 
     @property
     @abstractmethod
     def num_free_pages(self) -> int: ...
 
-    @abstractmethod
     def num_tokens(self, request_id: str) -> int:
         """Tokens the request's pages hold (as of its last allocate call); 0 if unknown."""
+        return self._tokens.get(request_id, 0)
 
-    @abstractmethod
     def owners(self) -> dict[str, list[int]]:
         """request_id → page table, for invariant checks and tests."""
+        return dict(self._tables)
 
     @abstractmethod
     def free_page_ids(self) -> list[int]: ...

@@ -56,8 +56,6 @@ class BuddyAllocator(PageAllocator):
             addr += 1 << order
         self._num_free = size
         self._blocks: dict[str, list[tuple[int, int]]] = {}  # request -> (address, order) in order taken
-        self._tables: dict[str, list[int]] = {}
-        self._tokens: dict[str, int] = {}
         self._used_slots = 0
 
     # --- blocks ---------------------------------------------------------------------------------------
@@ -129,18 +127,9 @@ class BuddyAllocator(PageAllocator):
         for addr, order in self._blocks.pop(request_id, ()):
             self._give(addr, order)
 
-    def page_table(self, request_id: str) -> list[int]:
-        return self._tables.get(request_id, [])
-
     @property
     def num_free_pages(self) -> int:
         return self._num_free
-
-    def num_tokens(self, request_id: str) -> int:
-        return self._tokens.get(request_id, 0)
-
-    def owners(self) -> dict[str, list[int]]:
-        return dict(self._tables)
 
     def free_page_ids(self) -> list[int]:
         return sorted(a + 1 + i for k, s in enumerate(self._free) for a in s for i in range(1 << k))

@@ -44,8 +44,6 @@ class ContiguousAllocator(PageAllocator):
         self.reserve_tokens = reserve_tokens
         self.reservation = reservation
         self._runs = FreeRuns(1, num_pages - 1)
-        self._tables: dict[str, list[int]] = {}
-        self._tokens: dict[str, int] = {}
         self._hints: dict[str, int] = {}
         self._reserved_pages = 0
         self._used_slots = 0
@@ -109,18 +107,9 @@ class ContiguousAllocator(PageAllocator):
             self._runs.give(table[0], len(table))
             self._reserved_pages -= len(table)
 
-    def page_table(self, request_id: str) -> list[int]:
-        return self._tables.get(request_id, [])
-
     @property
     def num_free_pages(self) -> int:
         return self._runs.num_free
-
-    def num_tokens(self, request_id: str) -> int:
-        return self._tokens.get(request_id, 0)
-
-    def owners(self) -> dict[str, list[int]]:
-        return dict(self._tables)
 
     def free_page_ids(self) -> list[int]:
         return [p for start, length in self._runs.runs() for p in range(start, start + length)]

@@ -17,8 +17,6 @@ class FreeListAllocator(PageAllocator):
     def __init__(self, num_pages: int, page_size: int) -> None:
         super().__init__(num_pages, page_size)
         self._free: deque[int] = deque(range(1, num_pages))
-        self._tables: dict[str, list[int]] = {}
-        self._tokens: dict[str, int] = {}
         self._used_slots = 0
 
     def allocate(self, request_id: str, num_tokens: int) -> bool:
@@ -47,18 +45,9 @@ class FreeListAllocator(PageAllocator):
         if table:
             self._free.extend(reversed(table) if self.lifo else table)
 
-    def page_table(self, request_id: str) -> list[int]:
-        return self._tables.get(request_id, [])
-
     @property
     def num_free_pages(self) -> int:
         return len(self._free)
-
-    def num_tokens(self, request_id: str) -> int:
-        return self._tokens.get(request_id, 0)
-
-    def owners(self) -> dict[str, list[int]]:
-        return dict(self._tables)
 
     def free_page_ids(self) -> list[int]:
         return list(self._free)

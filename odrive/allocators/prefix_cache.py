@@ -66,8 +66,6 @@ class PrefixCacheAllocator(PageAllocator):
         self._cache: dict[bytes, dict[int, None]] = {}  # key -> pages holding that block, first registered first
         self._num_cached = 0
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_pages))
-        self._tables: dict[str, list[int]] = {}
-        self._tokens: dict[str, int] = {}
         self._hashes: dict[str, list[bytes]] = {}  # a request's chained block keys computed so far
         self._committed: dict[str, int] = {}  # leading table pages already registered (or matched)
         self._pending_query: dict[str, tuple[int, int]] = {}  # (query, hit) tokens, counted on allocate
@@ -260,19 +258,10 @@ class PrefixCacheAllocator(PageAllocator):
         for page in reversed(table or ()):
             self._release(page)
 
-    def page_table(self, request_id: str) -> list[int]:
-        return self._tables.get(request_id, [])
-
     @property
     def num_free_pages(self) -> int:
         """Pages an allocation may take: never used, released, or cached but unreferenced."""
         return len(self._free)
-
-    def num_tokens(self, request_id: str) -> int:
-        return self._tokens.get(request_id, 0)
-
-    def owners(self) -> dict[str, list[int]]:
-        return dict(self._tables)
 
     def free_page_ids(self) -> list[int]:
         return list(self._free)

@@ -159,3 +159,16 @@ def test_prompt_exactly_as_long_as_the_largest_bucket(surge, mp):
     ids = list(range(3, 35))  # 32 tokens == max_prefill_length == largest bucket
     result = surge.generate([ids], GREEDY)[0]
     assert result.token_ids == dense_greedy_generate(model.params, model.config, ids, 6)
+
+
+def test_n_samples_fan_out_with_distinct_reproducible_seeds(surge):
+    params = SamplingParams(max_tokens=8, temperature=1.0, seed=11, n=3)
+    first = [r.token_ids for r in surge.generate(["The engine", "Numbers such as"], params)]
+    again = [r.token_ids for r in surge.generate(["The engine", "Numbers such as"], params)]
+    assert len(first) == 6 and first == again
+    assert len({tuple(t) for t in first[:3]}) > 1  # the three samples of one prompt differ
+    single = surge.generate(["The engine"], SamplingParams(max_tokens=8, temperature=1.0, seed=12))[0].token_ids
+    assert single == first[1]  # sample i is seeded seed + i
+    with pytest.raises(ValueError, match="generate"):
+        surge.submit("The engine", params)
+    assert surge.num_free_pages == surge.num_usable_pages

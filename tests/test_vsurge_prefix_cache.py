@@ -106,3 +106,19 @@ def test_recompute_preemption_resumes_from_its_own_cached_pages(model_and_proces
     assert len(preempted) > 0, "the small pool should have forced a preemption"
     assert (preempted["num_cached_tokens"] > 0).any(), "a re-admitted request should hit its own pages"
     assert surge.num_free_pages == surge.num_usable_pages
+
+
+def test_parallel_samples_share_the_prompt_pages(model_and_processor):
+    """n > 1 fans out into n requests; admitted one prefill per step, later samples hit the first's pages."""
+    model, processor = model_and_processor
+    surge = make_surge(model, processor, max_concurrent_prefill=1)
+    params = odrive.SamplingParams(max_tokens=4, temperature=1.0, seed=5, n=3, ignore_eos=True)
+    results = surge.generate([FIRST], params)
+    assert len(results) == 3
+    cached = surge.engine.metrics.requests_frame()["num_cached_tokens"].tolist()
+    assert cached == [0, len(PREFIX), len(PREFIX)]
+    for i, result in enumerate(results):  # identical to the same sample run alone, without sharing
+        alone = make_surge(model, processor, allocator="free-list", check_invariants=False)
+        seeded = odrive.SamplingParams(max_tokens=4, temperature=1.0, seed=5 + i, ignore_eos=True)
+        assert result.token_ids == alone.generate([FIRST], seeded)[0].token_ids
+    assert surge.num_free_pages == surge.num_usable_pages

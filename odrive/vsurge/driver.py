@@ -177,7 +177,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         if not ids:
             raise ValueError("empty prompt: it encodes to zero tokens")
         if params.n != 1:
-            raise ValueError("n > 1 is not supported by generate(); submit the prompt n times with distinct seeds")
+            raise ValueError("n > 1 yields several results: use generate(), which fans the prompt out n times")
         rid = f"{self.vsurge_name}-{next(self._ids)}"
         request = Request.from_tokens(rid, ids, params, priority=priority)
         reason = self.engine.validate(request)
@@ -281,12 +281,21 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[GenerationResult]:
-        """Generate for each prompt; every prompt is validated before any is queued."""
+        """Generate for each prompt; every prompt is validated before any is queued.
+
+        With ``n > 1`` a prompt is fanned out into ``n`` requests (sample ``i`` seeded ``seed + i`` when a seed is
+        given) and its ``n`` results come back consecutively, so the list has ``sum(n)`` entries. With the
+        ``prefix-cache`` allocator the samples share the prompt's cached pages, as in vLLM v1.
+        """
         batch = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
         params = sampling_params if isinstance(sampling_params, Sequence) else [sampling_params] * len(batch)
         if len(params) != len(batch):
             raise ValueError(f"{len(params)} sampling params for {len(batch)} prompts")
-        made = [self._make_request(p, sp or SamplingParams()) for p, sp in zip(batch, params, strict=True)]
+        made = [
+            self._make_request(p, sample)
+            for p, sp in zip(batch, params, strict=True)
+            for sample in _fan_out(sp or SamplingParams())
+        ]
         with self._work:
             for request, handle in made:
                 self._handles[request.request_id] = handle
@@ -361,6 +370,16 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
     @property
     def num_usable_pages(self) -> int:
         return self.engine.allocator.num_usable_pages
+
+
+def _fan_out(params: SamplingParams) -> list[SamplingParams]:
+    """``n`` single-sample copies of ``params``; seeded ones get consecutive seeds so samples differ."""
+    if params.n == 1:
+        return [params]
+    return [
+        dataclasses.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+        for i in range(params.n)
+    ]
 
 
 def _is_token_list(x: object) -> bool:

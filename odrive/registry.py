@@ -24,8 +24,9 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def add(self, name: str, obj: T) -> None:
-        if name in self._entries and self._entries[name] is not obj:
+    def add(self, name: str, obj: T, *, overwrite: bool = False) -> None:
+        """Register ``obj``; re-registering an equal object is a no-op, a different one needs ``overwrite``."""
+        if name in self._entries and self._entries[name] != obj and not overwrite:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = obj
 
@@ -35,6 +36,9 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

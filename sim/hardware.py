@@ -6,9 +6,9 @@ them; the roofline latency model uses them as-is and a calibrated model can corr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+
+from odrive.registry import Registry
 
 GB = 10**9
 GiB = 2**30
@@ -64,27 +64,19 @@ class Accelerator:
         return self.peak_flops_bf16 if key == "bf16" else self.peak_flops_fp32
 
 
-_ACCELERATORS: dict[str, Accelerator] = {}
-ACCELERATORS: Mapping[str, Accelerator] = MappingProxyType(_ACCELERATORS)
-"""Read-only view of the registered accelerators; add entries with :func:`register_accelerator`."""
+ACCELERATORS: Registry[Accelerator] = Registry("accelerator")
+"""The registered accelerators by name; add entries with :func:`register_accelerator`."""
 
 
 def register_accelerator(accelerator: Accelerator, *, overwrite: bool = False) -> Accelerator:
     """Register ``accelerator`` under its name; refuses to replace a different one unless ``overwrite``."""
-    existing = _ACCELERATORS.get(accelerator.name)
-    if existing is not None and existing != accelerator and not overwrite:
-        raise ValueError(f"accelerator {accelerator.name!r} is already registered")
-    _ACCELERATORS[accelerator.name] = accelerator
+    ACCELERATORS.add(accelerator.name, accelerator, overwrite=overwrite)
     return accelerator
 
 
 def get_accelerator(name: str) -> Accelerator:
     """Look up a registered accelerator; the error lists the known names."""
-    try:
-        return _ACCELERATORS[name]
-    except KeyError:
-        known = ", ".join(sorted(_ACCELERATORS)) or "(none)"
-        raise KeyError(f"unknown accelerator {name!r}; registered: {known}") from None
+    return ACCELERATORS.get(name)
 
 
 # NVIDIA H100 SXM5 80GB datasheet: 80 GB HBM3 (modeled as 80 GiB), 3.35 TB/s, 989.4 TFLOP/s

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
+from odrive.registry import Registry
 from sim.hardware import Accelerator
 
 _HF_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "bf16": 2, "fp16": 2, "fp32": 4}
@@ -161,27 +161,19 @@ def num_kv_pages(accelerator: Accelerator | int, model: ModelSpec, page_size: in
     return pages
 
 
-_MODEL_SPECS: dict[str, ModelSpec] = {}
-MODEL_SPECS: Mapping[str, ModelSpec] = MappingProxyType(_MODEL_SPECS)
-"""Read-only view of the registered model specs; add entries with :func:`register_model_spec`."""
+MODEL_SPECS: Registry[ModelSpec] = Registry("model spec")
+"""The registered model specs by name; add entries with :func:`register_model_spec`."""
 
 
 def register_model_spec(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
     """Register ``spec`` under its name; refuses to replace a different one unless ``overwrite``."""
-    existing = _MODEL_SPECS.get(spec.name)
-    if existing is not None and existing != spec and not overwrite:
-        raise ValueError(f"model spec {spec.name!r} is already registered")
-    _MODEL_SPECS[spec.name] = spec
+    MODEL_SPECS.add(spec.name, spec, overwrite=overwrite)
     return spec
 
 
 def get_model_spec(name: str) -> ModelSpec:
     """Look up a registered model spec; the error lists the known names."""
-    try:
-        return _MODEL_SPECS[name]
-    except KeyError:
-        known = ", ".join(sorted(_MODEL_SPECS)) or "(none)"
-        raise KeyError(f"unknown model spec {name!r}; registered: {known}") from None
+    return MODEL_SPECS.get(name)
 
 
 # Shapes from the models' public Hugging Face config.json files (meta-llama/*), bf16 weights.

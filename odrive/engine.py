@@ -6,8 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from odrive.decode_runs import UNRECORDED, decode_chunks, pages_for_run, run_decodes
 from odrive.errors import InvariantViolation
 from odrive.executor import Executor, SeqChunk, SwapOps
 from odrive.invariants import check_plan
@@ -44,9 +43,6 @@ class StepOutcome:
         return self.start + self.duration
 
 
-_UNRECORDED = PageUsage(0, 0.0, 0, 0.0, 0.0, 0.0)  # stands in where no step row is kept
-
-
 class Engine:
     """Admit → schedule → (allocate, inside the policy) → execute → append tokens → free → record.
 
@@ -74,6 +70,7 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.swap_stats = SwapStats()
         self._caching = self.allocator.supports_prefix_caching
+        self.fast_forward_past_finishes = True  # see ``_fast_forward``; a cluster with state-aware routing opts out
 
     # --- admission ------------------------------------------------------------------------------
     def validate(self, request: Request) -> str | None:
@@ -166,56 +163,91 @@ class Engine:
                 num_prefill_tokens += n
             start = req.num_computed_tokens
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
-        num_steps = 1
         if (num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0 and not self._caching
                 and not plan.has_swaps and self.allocator.supports_decode_runs):  # fmt: skip
-            num_steps = self._steady_run_length(plan, batch)
-        if num_steps > 1:
-            duration, num_steps, usage = self._run_decodes(batch, num_steps, horizon)
-            sampled = None
-        else:
-            result = self.executor.execute(batch)
-            duration, sampled = swap_time + result.duration, result.sampled_token_ids
-            # pages in use during the step, before finishes free any
-            usage = PageUsage.of(self.allocator.stats()) if self.metrics.record_steps else _UNRECORDED
+            steps = sched.steady_steps(plan)
+            if steps > 1:
+                steps = pages_for_run(self.allocator, batch, min(steps, *(c.request.remaining_output_tokens
+                                                                          for c in batch)))  # fmt: skip
+            if steps > 1:
+                return self._fast_forward(now, plan, batch, steps, horizon)
+        result = self.executor.execute(batch)
+        duration, sampled = swap_time + result.duration, result.sampled_token_ids
+        # pages in use during the step, before finishes free any
+        usage = PageUsage.of(self.allocator.stats()) if self.metrics.record_steps else UNRECORDED
         end = now + duration
-        outcome = StepOutcome(now, duration, num_steps, plan)
+        outcome = StepOutcome(now, duration, 1, plan)
         for chunk in batch:
-            self._advance(chunk, num_steps, sampled, end, outcome)
+            self._advance(chunk, sampled, end, outcome)
         if self.check_invariants:
             self.allocator.check_invariants()
         self.metrics.on_step(
-            now, duration, num_steps, num_prefill_seqs, num_prefill_tokens, len(batch) - num_prefill_seqs,
+            now, duration, 1, num_prefill_seqs, num_prefill_tokens, len(batch) - num_prefill_seqs,
             len(plan.preempted), len(outcome.finished), usage, len(sched.waiting),
             len(sched.running),
         )  # fmt: skip
         return outcome
 
-    def _advance(
-        self, chunk: SeqChunk, num_steps: int, sampled: dict[str, int] | None, end: float, outcome: StepOutcome
-    ) -> None:
+    def _advance(self, chunk: SeqChunk, sampled: dict[str, int] | None, end: float, outcome: StepOutcome) -> None:
         req = chunk.request
-        token: int | None = None
-        if num_steps > 1:  # a fast-forwarded decode run: one simulated token per step
-            req.num_computed_tokens += num_steps
-            req.num_output_tokens += num_steps
-        else:
-            req.num_computed_tokens += chunk.num_tokens
-            if self._caching:
-                self.allocator.commit(req)
-            if not chunk.sample:
-                return
-            token = None if sampled is None else sampled[req.request_id]
-            if token is not None:
-                req.output_token_ids.append(token)
-                outcome.new_token_ids[req.request_id] = token
-            req.num_output_tokens += 1
-            if req.first_token_time is None:
-                req.first_token_time = end
+        req.num_computed_tokens += chunk.num_tokens
+        if self._caching:
+            self.allocator.commit(req)
+        if not chunk.sample:
+            return
+        token = None if sampled is None else sampled[req.request_id]
+        if token is not None:
+            req.output_token_ids.append(token)
+            outcome.new_token_ids[req.request_id] = token
+        req.num_output_tokens += 1
+        if req.first_token_time is None:
+            req.first_token_time = end
         reason = self._finish_reason(req, token)
         if reason is not None:
             self._finish(req, reason, end)
             outcome.finished.append(req)
+
+    # --- simulator fast-forward -------------------------------------------------------------------
+    def _fast_forward(self, now: float, plan: StepPlan, batch: list[SeqChunk], num_steps: int,
+                      horizon: float) -> StepOutcome:  # fmt: skip
+        """Run a steady decode plan ``num_steps`` steps at once (one simulated token per request per step).
+
+        Without step rows, the run goes on past finishes while the scheduler vouches that its plan would stay
+        the same minus the finished requests (``Scheduler.steady_after_finish``): one engine call then covers
+        everything up to the next arrival or page shortage. Request times equal stepping one at a time."""
+        sched, record = self.scheduler, self.metrics.record_steps
+        outcome = StepOutcome(now, 0.0, 0, plan)
+        usage = UNRECORDED
+        while True:
+            duration, steps, usage = run_decodes(self.allocator, self.executor, batch, num_steps,
+                                                 horizon - outcome.duration, record)  # fmt: skip
+            outcome.duration += duration
+            outcome.num_steps += steps
+            end = now + outcome.duration
+            finished = len(outcome.finished)
+            for chunk in batch:
+                req = chunk.request
+                req.num_computed_tokens += steps
+                req.num_output_tokens += steps
+                if req.num_output_tokens >= req.sampling_params.max_tokens:
+                    self._finish(req, FinishReason.LENGTH, end)
+                    outcome.finished.append(req)
+            past_finish = self.fast_forward_past_finishes and not record and len(outcome.finished) > finished
+            if not past_finish or outcome.duration >= horizon or not sched.steady_after_finish(plan):
+                break
+            batch = decode_chunks([c.request for c in batch if c.request.status is RequestStatus.RUNNING],
+                                  self.allocator)  # fmt: skip
+            if not batch:
+                break
+            num_steps = pages_for_run(self.allocator, batch, min(c.request.remaining_output_tokens for c in batch))
+            if num_steps == 0:
+                break
+        if self.check_invariants:
+            self.allocator.check_invariants()
+        self.metrics.on_step(now, outcome.duration, outcome.num_steps, 0, 0, len(plan.num_scheduled_tokens),
+                             len(plan.preempted), len(outcome.finished), usage, len(sched.waiting),
+                             len(sched.running))  # fmt: skip
+        return outcome
 
     def _finish_reason(self, req: Request, token: int | None) -> FinishReason | None:
         if token is not None and not req.sampling_params.ignore_eos:
@@ -256,61 +288,3 @@ class Engine:
         if msg:
             req.status_message = msg
         self.metrics.on_request_done(req)
-
-    # --- simulator fast-forward -------------------------------------------------------------------
-    def _steady_run_length(self, plan: StepPlan, batch: list[SeqChunk]) -> int:
-        """Longest run of identical decode steps: bounded by the policy, the first finish, free pages."""
-        steps = self.scheduler.steady_steps(plan)
-        if steps <= 1:
-            return 1
-        steps = min(steps, min(c.request.remaining_output_tokens for c in batch))
-        if steps <= 1:
-            return 1
-        ps = self.allocator.page_size
-        # Token slots each request still has in its pages after this step's token.
-        spare = np.array([len(c.page_table) * ps - c.kv_len for c in batch], dtype=np.int64)
-        free = self.allocator.num_free_pages
-
-        def pages_needed(k: int) -> int:
-            extra = k - 1 - spare
-            return int(np.sum(np.where(extra > 0, -(-extra // ps), 0)))
-
-        if pages_needed(steps) <= free:
-            return steps
-        lo, hi = 1, steps  # pages_needed(lo) == 0 <= free; pages_needed(hi) > free
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if pages_needed(mid) <= free:
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
-    def _run_decodes(self, batch: list[SeqChunk], num_steps: int, horizon: float) -> tuple[float, int, PageUsage]:
-        durations = self.executor.decode_run_durations(batch, num_steps)
-        ends = np.cumsum(durations)
-        # Steps that start before the next arrival run; the step starting at/after it must see it.
-        num_steps = max(1, int(np.searchsorted(ends - durations, horizon, side="left")))
-        durations = durations[:num_steps]
-        if not self.metrics.record_steps:  # no step rows: skip reconstructing the run's page use
-            for c in batch:
-                if not self.allocator.allocate(c.request_id, c.kv_len + num_steps - 1):
-                    raise InvariantViolation("fast-forward-pages", f"request {c.request_id} ran out of pages")
-            return float(ends[num_steps - 1]), num_steps, _UNRECORDED
-        before = self.allocator.stats()
-        ps = self.allocator.page_size
-        kv = np.array([c.kv_len for c in batch], dtype=np.int64)
-        held = np.array([len(c.page_table) for c in batch], dtype=np.int64)
-        for c in batch:
-            if not self.allocator.allocate(c.request_id, c.kv_len + num_steps - 1):
-                raise InvariantViolation("fast-forward-pages", f"request {c.request_id} ran out of pages")
-        # Pool use during each step of the run, as stepping one at a time would have recorded it.
-        step = np.arange(num_steps, dtype=np.int64)[:, None]
-        pages = np.maximum(held, -(-(kv + step) // ps)).sum(axis=1) + (before.used_pages - held.sum())
-        used = before.used_slots + len(batch) * step[:, 0]
-        allocated = pages * ps
-        frag = 1.0 - used / allocated
-        w = durations / durations.sum() if durations.sum() > 0 else np.full(num_steps, 1.0 / num_steps)
-        usage = PageUsage(before.num_pages, float(pages @ w), int(pages.max()), float(allocated @ w),
-                          float(used @ w), float(frag @ w))
-        return float(ends[num_steps - 1]), num_steps, usage

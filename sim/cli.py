@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allocator-arg", dest="allocator_kwargs", action="append", default=[], type=_option,
                    metavar="NAME=VALUE", help="an allocator option, repeatable (e.g. reservation=pow2)")
     p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--tensor-parallel-size", "--tp", dest="tensor_parallel_size", type=int, default=1,
+                   help="accelerators one replica is sharded over (per-device pages, all-reduce cost)")
     p.add_argument("--hbm-utilization", type=float, default=0.9)
     p.add_argument("--num-pages", type=int, default=None, help="override the page count from HBM")
     p.add_argument("--max-prefill-length", type=int, default=16384)
@@ -70,10 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
-    workload = parse_workload(spec, seed=args.seed)
-    config = SimConfig(
+def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig:
+    """The SimConfig the replica flags of :func:`add_arguments` describe (``overrides`` win)."""
+    fields = dict(
         accelerator=args.accelerator, model=args.model, latency_model=args.latency_model,
         scheduler=args.scheduler, allocator=args.allocator, page_size=args.page_size,
         hbm_utilization=args.hbm_utilization, num_pages=args.num_pages,
@@ -83,9 +84,18 @@ def run(args: argparse.Namespace) -> int:
         check_invariants=args.check_invariants, scheduler_kwargs=tuple(args.scheduler_kwargs),
         allocator_kwargs=tuple(args.allocator_kwargs),
         preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space_gib,
+        tensor_parallel_size=args.tensor_parallel_size,
         latency_kwargs=(("profile", args.profile), ("page_size", args.page_size))
         if args.latency_model == "calibrated" else (),
     )  # fmt: skip
+    fields.update(overrides)
+    return SimConfig(**fields)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
+    workload = parse_workload(spec, seed=args.seed)
+    config = config_from_args(args)
     t0 = time.perf_counter()
     result = simulate(config, workload, progress=not args.no_progress)
     wall = time.perf_counter() - t0

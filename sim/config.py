@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
 
 GiB = 2**30
@@ -19,7 +20,9 @@ class SimConfig:
     from the same formula the real engine uses: (HBM × utilization − weights) / bytes per page).
     ``preemption_mode="swap"`` gives the scheduler a host tier of ``swap_space_pages`` pages (default: as
     many of the model's pages as fit in ``swap_space_gib``). ``scheduler_kwargs`` are the policy's options,
-    e.g. ``(("predictor", "bucket-mean"), ("aging", 50.0))`` for ``sjf``.
+    e.g. ``(("predictor", "bucket-mean"), ("aging", 50.0))`` for ``sjf``. ``tensor_parallel_size``: the
+    replica is one model sharded over that many accelerators (per-device page count and the latency model's
+    ``tp``: per-device compute and traffic plus all-reduces over the interconnect).
     """
 
     accelerator: str = "h100-80gb"
@@ -45,6 +48,19 @@ class SimConfig:
     preemption_mode: str = "recompute"
     swap_space_gib: float = 4.0
     swap_space_pages: int | None = None
+    tensor_parallel_size: int = 1
+
+    @property
+    def tp(self) -> int:
+        """The effective tensor-parallel size (``tensor_parallel_size``, or a ``tp`` in ``latency_kwargs``)."""
+        legacy = dict(self.latency_kwargs).get("tp", 1)
+        if self.tensor_parallel_size != 1 and legacy not in (1, self.tensor_parallel_size):
+            raise ConfigError(
+                f"tensor_parallel_size={self.tensor_parallel_size} disagrees with latency_kwargs tp={legacy}"
+            )
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        return self.tensor_parallel_size if self.tensor_parallel_size != 1 else int(legacy)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -68,7 +84,10 @@ class SimConfig:
             return 0
         from sim.model_spec import get_model_spec
 
-        return math.floor(self.swap_space_gib * GiB / get_model_spec(self.model).kv_bytes_per_page(self.page_size))
+        spec = get_model_spec(self.model)
+        # Host copies of every device's shard of a page (as the real engine counts its swap tier).
+        per_device = spec.kv_bytes_per_page(self.page_size) * math.ceil(spec.num_kv_heads / self.tp) / spec.num_kv_heads
+        return math.floor(self.swap_space_gib * GiB / (per_device * self.tp))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

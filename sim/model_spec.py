@@ -142,21 +142,29 @@ class ModelSpec:
             raise ValueError(f"HF config lacks required key {err.args[0]!r}") from None
 
 
-def num_kv_pages(accelerator: Accelerator | int, model: ModelSpec, page_size: int, hbm_utilization: float) -> int:
+def num_kv_pages(
+    accelerator: Accelerator | int, model: ModelSpec, page_size: int, hbm_utilization: float, tp: int = 1
+) -> int:
     """KV-cache pages that fit: ``floor((hbm_bytes * hbm_utilization - weight_bytes) / kv_bytes_per_page)``.
 
-    ``accelerator`` may be an :class:`Accelerator` or a plain byte count (e.g. measured device memory).
+    ``accelerator`` may be an :class:`Accelerator` or a plain byte count (e.g. measured device memory). With
+    ``tp > 1`` the formula is per device (the pool is sharded by KV head, as on the real engine): weights / tp
+    and each page's bytes for ``ceil(num_kv_heads / tp)`` heads.
     """
     hbm_bytes = accelerator.hbm_bytes if isinstance(accelerator, Accelerator) else int(accelerator)
     if not 0 < hbm_utilization <= 1:
         raise ValueError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
-    page_bytes = model.kv_bytes_per_page(page_size)
-    pages = math.floor((hbm_bytes * hbm_utilization - model.weight_bytes) / page_bytes)
+    if tp < 1:
+        raise ValueError(f"tensor parallel size must be >= 1, got {tp}")
+    page_bytes = model.kv_bytes_per_page(page_size) * math.ceil(model.num_kv_heads / tp) / model.num_kv_heads
+    weight_bytes = model.weight_bytes / tp
+    pages = math.floor((hbm_bytes * hbm_utilization - weight_bytes) / page_bytes)
     if pages < 1:
+        per = f" per device (tp={tp})" if tp > 1 else ""
         raise ValueError(
-            f"no KV pages fit for {model.name!r}: hbm_bytes={hbm_bytes} x hbm_utilization={hbm_utilization}"
-            f" = {hbm_bytes * hbm_utilization:.0f} bytes, weights need {model.weight_bytes} bytes, "
-            f"one page of {page_size} tokens needs {page_bytes} bytes"
+            f"no KV pages fit for {model.name!r}{per}: hbm_bytes={hbm_bytes} x hbm_utilization={hbm_utilization}"
+            f" = {hbm_bytes * hbm_utilization:.0f} bytes, weights need {weight_bytes:.0f} bytes, "
+            f"one page of {page_size} tokens needs {page_bytes:.0f} bytes"
         )
     return pages
 

@@ -5,7 +5,7 @@ Not a test module: ``tests/test_scheduler_*.py`` import it (one file per policy)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -202,16 +202,25 @@ def assert_fast_forward_exact(config: SimConfig, workload: Workload) -> Run:
     """Fast-forwarded decode runs give exactly what stepping one at a time gives. Returns the fast run."""
     ff, step = simulate(config, workload), simulate(config, workload, fast_forward=False)
     a, b = ff.requests, step.requests
+    assert_same_requests(a, b)
+    assert (step.steps["num_steps"] == 1).all()
+    assert ff.steps["num_steps"].sum() == len(step.steps), "fast-forward skipped or added steps"
+    assert ff.steps["num_preempted"].sum() == step.steps["num_preempted"].sum()
+    assert ff.engine.swap_stats == step.engine.swap_stats
+    # Without step rows a run also goes on past finishes (``steady_after_finish``): same request outcomes.
+    lean = simulate(replace(config, record_steps=False), workload)
+    assert_same_requests(lean.requests, b)
+    assert lean.engine.swap_stats == step.engine.swap_stats
+    return ff
+
+
+def assert_same_requests(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Two runs' request tables agree: outcomes exactly, times to rounding."""
     for col in ("status", "finish_reason", "num_output_tokens", "num_preemptions"):
         assert a[col].tolist() == b[col].tolist(), col
     for col in ("first_scheduled_time", "first_token_time", "finish_time"):
         np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9, equal_nan=True,
                                    err_msg=col)  # fmt: skip
-    assert (step.steps["num_steps"] == 1).all()
-    assert ff.steps["num_steps"].sum() == len(step.steps), "fast-forward skipped or added steps"
-    assert ff.steps["num_preempted"].sum() == step.steps["num_preempted"].sum()
-    assert ff.engine.swap_stats == step.engine.swap_stats
-    return ff
 
 
 def long_decode_workload() -> Workload:

@@ -24,3 +24,24 @@ def test_cli_writes_tables_figure_and_prints_the_summary(tmp_path, capsys):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert len(pd.read_csv(tmp_path / "out" / "requests.csv")) == 120
     assert pd.read_csv(tmp_path / "out" / "replicas.csv")["accelerator"].tolist() == ["h100-80gb"] * 2 + ["a100-80gb"]
+
+
+def test_every_replica_flag_reaches_the_replica_configs():
+    import argparse
+
+    from sim.cluster.cli import add_arguments, replica_configs
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([
+        "--replicas", "2", "--scheduler", "sjf", "--scheduler-arg", "predictor=oracle", "--allocator",
+        "contiguous", "--allocator-arg", "reservation=pow2", "--preemption-mode", "swap", "--swap-space-gib", "2",
+        "--tensor-parallel-size", "2", "--record-steps",
+    ])  # fmt: skip
+    configs = replica_configs(args)
+    assert len(configs) == 2
+    c = configs[0]
+    assert (c.scheduler, c.allocator, c.preemption_mode, c.swap_space_gib) == ("sjf", "contiguous", "swap", 2.0)
+    assert dict(c.scheduler_kwargs) == {"predictor": "oracle"}
+    assert dict(c.allocator_kwargs) == {"reservation": "pow2"}
+    assert c.tensor_parallel_size == 2 and c.record_steps

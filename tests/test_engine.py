@@ -3,6 +3,9 @@ and invariant checks of user-defined schedulers."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,6 +110,49 @@ def compare_runs(ff: SimResult, step: SimResult) -> None:
 def test_fast_forward_matches_stepping_one_at_a_time(scenario: tuple[SimConfig, Workload]) -> None:
     config, workload = scenario
     compare_runs(run_sim(config, workload), run_sim(config, workload, fast_forward=False))
+
+
+@PROPERTY
+@given(scenarios())
+def test_lean_runs_go_past_finishes_and_match_stepping(scenario: tuple[SimConfig, Workload]) -> None:
+    # Without step rows a decode run continues past finishes while nothing waits: fewer engine calls,
+    # the same request outcomes and times as stepping one at a time.
+    config, workload = scenario
+    lean, step = run_sim(replace(config, record_steps=False), workload), run_sim(config, workload, fast_forward=False)
+    a = lean.requests.set_index("request_id").sort_index()
+    b = step.requests.set_index("request_id").sort_index()
+    for col in ("status", "finish_reason", "num_output_tokens", "num_preemptions"):
+        assert a[col].tolist() == b[col].tolist(), col
+    for col in ("first_scheduled_time", "first_token_time", "finish_time"):
+        np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9, equal_nan=True,
+                                   err_msg=col)  # fmt: skip
+    assert lean.free_pages_at_end == step.free_pages_at_end
+
+
+def test_lean_run_continues_past_a_finish_only_while_nothing_waits() -> None:
+    # Three decoders finishing at different times, no arrivals: one prefill step for all three, then a
+    # single fast-forwarded engine call runs them all to completion across the finishes.
+    wl = Workload(np.zeros(3), np.array([10, 20, 30]), np.array([50, 80, 120]))
+    config = SimConfig(page_size=16, num_pages=200, max_prefill_length=256, record_steps=False)
+    sim = Simulator(config, wl)
+    calls = []
+    step = sim.engine.step
+
+    def counting(now: float, horizon: float = math.inf):  # type: ignore[no-untyped-def]
+        out = step(now, horizon)
+        calls.append(None if out is None else (out.num_steps, len(out.finished)))
+        return out
+
+    sim.engine.step = counting  # type: ignore[method-assign]
+    sim.run()
+    assert calls == [(1, 0), (119, 3)], calls
+    # With a request waiting for room (max_concurrent_decodes=2), the first finish ends the run.
+    sim = Simulator(replace(config, max_concurrent_decodes=2), wl)
+    calls.clear()
+    step = sim.engine.step
+    sim.engine.step = counting  # type: ignore[method-assign]
+    sim.run()
+    assert (49, 1) in calls, calls
 
 
 def test_fast_forward_stops_at_the_next_arrival() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 from odrive.allocators.base import AllocatorStats, PageAllocator
 from odrive.allocators.registry import ALLOCATORS
 
@@ -16,28 +14,45 @@ class FreeListAllocator(PageAllocator):
 
     def __init__(self, num_pages: int, page_size: int) -> None:
         super().__init__(num_pages, page_size)
-        self._free: deque[int] = deque(range(1, num_pages))
+        # Free pages in order; FIFO takes from index ``_head`` (compacted now and then), LIFO from the end.
+        # Pages move as slices, not one by one: the simulator allocates millions of them.
+        self._free: list[int] = list(range(1, num_pages))
+        self._head = 0
         self._used_slots = 0
 
     def allocate(self, request_id: str, num_tokens: int) -> bool:
         if num_tokens < 0:
             raise ValueError(f"request {request_id}: num_tokens must be >= 0, got {num_tokens}")
         table = self._tables.get(request_id)
-        created = table is None
         if table is None:
-            table = self._tables[request_id] = []
-        need = -(-num_tokens // self.page_size) - len(table)
-        if need > 0:
-            free = self._free
-            if need > len(free):
-                if created:  # all-or-nothing: forget only the entry this call made
-                    del self._tables[request_id]
+            table = []
+            need = -(-num_tokens // self.page_size)
+            if need > len(self._free) - self._head:
+                return False  # all-or-nothing: no entry is made
+            self._tables[request_id] = table
+        else:
+            need = -(-num_tokens // self.page_size) - len(table)
+            if need > len(self._free) - self._head:
                 return False
-            take = free.pop if self.lifo else free.popleft
-            table.extend(take() for _ in range(need))
+        if need > 0:
+            self._take(table, need)
         self._used_slots += num_tokens - self._tokens.get(request_id, 0)
         self._tokens[request_id] = num_tokens
         return True
+
+    def _take(self, table: list[int], need: int) -> None:
+        free = self._free
+        if self.lifo:
+            table.extend(reversed(free[-need:]))
+            del free[-need:]
+            return
+        head = self._head
+        table.extend(free[head : head + need])
+        head += need
+        if head >= 1024 and 2 * head >= len(free):
+            del free[:head]
+            head = 0
+        self._head = head
 
     def free(self, request_id: str) -> None:
         table = self._tables.pop(request_id, None)
@@ -47,17 +62,18 @@ class FreeListAllocator(PageAllocator):
 
     @property
     def num_free_pages(self) -> int:
-        return len(self._free)
+        return len(self._free) - self._head
 
     def free_page_ids(self) -> list[int]:
-        return list(self._free)
+        return self._free[self._head :]
 
     def stats(self) -> AllocatorStats:
-        used = self.num_usable_pages - len(self._free)
+        free = self.num_free_pages
+        used = self.num_usable_pages - free
         return AllocatorStats(
             num_pages=self.num_usable_pages,
             used_pages=used,
-            free_pages=len(self._free),
+            free_pages=free,
             allocated_slots=used * self.page_size,
             used_slots=self._used_slots,
         )

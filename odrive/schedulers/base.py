@@ -46,6 +46,11 @@ class Scheduler(ABC):
         """
         return 1
 
+    def steady_after_finish(self, plan: StepPlan) -> bool:
+        """Whether a plan ``steady_steps`` declared steady stays the same, minus the finished requests, when
+        some of them finish. The simulator then fast-forwards past finishes too. Default False (safe)."""
+        return False
+
     # --- queue management ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         request.status = RequestStatus.WAITING

@@ -101,3 +101,7 @@ class FCFSScheduler(Scheduler):
         if self._last_decode_only and not self._partial and len(plan.num_scheduled_tokens) == len(self.running):
             return STEADY_FOREVER
         return 1
+
+    def steady_after_finish(self, plan: StepPlan) -> bool:
+        # A finish only frees pages and room in the running set; with nothing waiting, nobody can use them.
+        return not self.waiting

@@ -84,3 +84,7 @@ class ODriverScheduler(Scheduler):
         ):
             return STEADY_FOREVER
         return 1
+
+    def steady_after_finish(self, plan: StepPlan) -> bool:
+        # A finish only frees pages and room in the running set; with nothing waiting, nobody can use them.
+        return not self.waiting

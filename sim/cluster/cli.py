@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from sim.cli import add_arguments as add_replica_arguments
+from sim.cli import config_from_args
 from sim.cluster.report import format_cluster, plot_cluster
 from sim.cluster.routers import ROUTERS
 from sim.cluster.simulator import HORIZONS, simulate_cluster
@@ -46,15 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def replica_configs(args: argparse.Namespace) -> list[SimConfig]:
-    base = SimConfig(
-        accelerator=args.accelerator, model=args.model, latency_model=args.latency_model,
-        scheduler=args.scheduler, allocator=args.allocator, page_size=args.page_size,
-        hbm_utilization=args.hbm_utilization, num_pages=args.num_pages,
-        max_prefill_length=args.max_prefill_length, prefill_lengths=args.prefill_lengths,
-        max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
-        max_num_batched_tokens=args.max_num_batched_tokens, chunk_size=args.chunk_size, seed=args.seed,
-        check_invariants=args.check_invariants, record_steps=args.record_steps,
-    )  # fmt: skip
+    base = config_from_args(args, record_steps=args.record_steps)
     if args.replica_configs is None:
         return [base] * args.replicas
     configs: list[SimConfig] = []

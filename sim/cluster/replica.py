@@ -49,6 +49,8 @@ class Replica:
         self.config = config
         self.env = env
         self.engine: Engine = build_engine(config, metrics=metrics)
+        # Routers that read replica state see a step's finishes at its end: a decode run must end at a finish.
+        self.engine.fast_forward_past_finishes = views is None
         self._times = workload.arrival_times
         self._prompts = workload.prompt_lens
         self._outputs = workload.output_lens

@@ -15,8 +15,9 @@ Errors per request (TTFT, TPOT, E2E) and aggregate (throughput, peak pages used)
   other users' load; the probe never sees the validated workload;
 - ``run_speed``: scaled by the same statistic taken on the validated run itself: one scalar, the machine's
   mean speed during the run — what is left is the model's structure (relative step costs, queueing);
-- ``batchshape``: the stock ``SimExecutor`` path (``odrive sim --latency-model calibrated``), which only
-  knows a step's sums, at the probe speed.
+- ``batchshape``: the same model through the ``BatchShape`` interface only (the stock ``SimExecutor``, which
+  knows a step's sums: what a latency model without per-sequence information would get), at the probe speed.
+  The other variants time steps as ``odrive sim --latency-model calibrated`` does (``CalibratedSimExecutor``).
 
 With ``--full`` every workload runs twice on the real engine, and the two real runs are compared like the
 simulator is (``real_repeat``): the noise floor of this machine.

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from odrive.errors import ConfigError
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.executor import ExecuteResult, Executor, SeqChunk
 from odrive.schedulers.config import SchedulerConfig
+from sim.host_swap import HostSwap, swap_rates
 from sim.latency.base import LatencyModel
 from sim.latency.batch_shape import BatchShape
 from sim.model_spec import causal_attention_pairs
 
+__all__ = ["HostSwap", "SimExecutor", "swap_rates"]
 
-class SimExecutor(Executor):
+
+class SimExecutor(HostSwap, Executor):
     """Models each step's duration; prefill chunks are padded to their ``prefill_lengths`` bucket, as
     the real engine pads them, so padding costs time here too. Produces no token ids.
 
-    Swap preemption costs ``pages × page_size × kv_bytes_per_token / host_bandwidth`` seconds (out and in
-    run one after the other, before the step's compute). Both rates default to the latency model's
-    ``model.kv_bytes_per_token`` (÷ its ``tp``) and ``accelerator.host_bandwidth`` when it has them (the
-    roofline does).
+    Swap preemption costs ``pages × page_size × kv_bytes_per_token / host_bandwidth`` seconds (:class:`HostSwap`).
+    Both rates default to the latency model's ``model.kv_bytes_per_token`` (÷ its ``tp``) and
+    ``accelerator.host_bandwidth`` when it has them (the roofline does; :func:`swap_rates`).
     """
 
     supports_decode_runs = True
@@ -28,11 +29,13 @@ class SimExecutor(Executor):
                  kv_bytes_per_token: float | None = None, host_bandwidth: float | None = None) -> None:  # fmt: skip
         self.latency_model = latency_model
         self.scheduler_config = scheduler_config
-        model = getattr(latency_model, "model", None)
-        accelerator = getattr(latency_model, "accelerator", None)
-        per_device = getattr(model, "kv_bytes_per_token", 0) / getattr(latency_model, "tp", 1)  # TP: links in parallel
-        self.kv_bytes_per_token = kv_bytes_per_token or per_device or None
-        self.host_bandwidth = host_bandwidth or getattr(accelerator, "host_bandwidth", None)
+        own_kv, own_bw = swap_rates(
+            getattr(latency_model, "model", None),
+            getattr(latency_model, "accelerator", None),
+            getattr(latency_model, "tp", 1),
+        )
+        self.kv_bytes_per_token = kv_bytes_per_token or own_kv
+        self.host_bandwidth = host_bandwidth or own_bw
 
     def shape_of(self, batch: list[SeqChunk]) -> BatchShape:
         prefill_tokens = decode_tokens = pairs = decode_kv = kv_read = sampled = 0
@@ -57,11 +60,3 @@ class SimExecutor(Executor):
     def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
         kv_read = sum(c.start + c.num_tokens for c in batch)
         return self.latency_model.decode_run_times(len(batch), kv_read, num_steps)
-
-    def swap(self, ops: SwapOps) -> float:
-        if not self.kv_bytes_per_token or not self.host_bandwidth:
-            raise ConfigError(
-                f"{type(self.latency_model).__name__} exposes no model/accelerator: pass kv_bytes_per_token and "
-                "host_bandwidth to SimExecutor to model swap preemption"
-            )
-        return ops.num_pages * ops.page_size * self.kv_bytes_per_token / self.host_bandwidth

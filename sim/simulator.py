@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -17,8 +18,8 @@ from odrive.request import Request
 from odrive.sampling_params import SamplingParams
 from odrive.schedulers import make_scheduler
 from sim.config import SimConfig
-from sim.executor import SimExecutor
 from sim.hardware import get_accelerator
+from sim.host_swap import swap_rates
 from sim.latency.registry import get_latency_model
 from sim.model_spec import get_model_spec, num_kv_pages
 from sim.workloads.request import Workload
@@ -36,23 +37,37 @@ class SimResult:
     free_pages_at_end: int = -1  # the pool after the run: every usable page when nothing leaked
 
 
-def build_engine(config: SimConfig, metrics: MetricsRecorder | None = None) -> Engine:
-    """The same Engine the real backend uses, with a SimExecutor and page count from the model."""
+def build_engine(
+    config: SimConfig, metrics: MetricsRecorder | None = None, clock: Callable[[], float] | None = None
+) -> Engine:
+    """The same Engine the real backend uses, with page count from the model and the executor the latency model
+    asks for (:meth:`LatencyModel.make_executor`: ``SimExecutor`` by default, the exact
+    ``CalibratedSimExecutor`` for ``calibrated``). ``clock``: the simulator's current time (the calibrated
+    executor charges a switch penalty after idleness; without a clock only on compiled-shape changes). The
+    engine's longest sequence is ``vSurge``'s default, ``2 × max_prefill_length`` (``SimConfig`` sets no
+    ``max_model_len``); swap preemption is charged at the model spec's KV bytes per token (÷ ``tp``) over the
+    accelerator's host bandwidth."""
     accelerator = get_accelerator(config.accelerator)
     model = get_model_spec(config.model)
     num_pages = config.num_pages
     if num_pages is None:
-        num_pages = num_kv_pages(accelerator, model, config.page_size, config.hbm_utilization)
+        num_pages = num_kv_pages(accelerator, model, config.page_size, config.hbm_utilization, config.tp)
     allocator = make_allocator(config.allocator, num_pages=num_pages, page_size=config.page_size,
                                **dict(config.allocator_kwargs))
     sched_cfg = config.scheduler_config()
     scheduler = make_scheduler(config.scheduler, sched_cfg, allocator)
-    latency = get_latency_model(
-        config.latency_model, accelerator=accelerator, model=model, **dict(config.latency_kwargs)
-    )
+    latency_kwargs = dict(config.latency_kwargs)
+    if config.tp != 1:
+        latency_kwargs["tp"] = config.tp
+    latency = get_latency_model(config.latency_model, accelerator=accelerator, model=model, **latency_kwargs)
+    kv_bytes_per_token, host_bandwidth = swap_rates(model, accelerator, config.tp)
+    executor = latency.make_executor(
+        sched_cfg, page_size=config.page_size, max_length=sched_cfg.max_model_len, clock=clock,
+        kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth,
+    )  # fmt: skip
     return Engine(
         scheduler,
-        SimExecutor(latency, sched_cfg),
+        executor,
         metrics=metrics or MetricsRecorder(record_steps=config.record_steps),
         check_invariants=config.check_invariants,
     )
@@ -65,7 +80,7 @@ class Simulator:
         self.config = config
         self.workload = workload
         self.env = simpy.Environment()
-        self.engine = build_engine(config)
+        self.engine = build_engine(config, clock=lambda: self.env.now)
         self.progress = progress
         self._times = workload.arrival_times.tolist()
         self._prompts = workload.prompt_lens.tolist()

@@ -209,3 +209,94 @@ def test_odrive_sim_cli_accepts_the_calibrated_model(tmp_path) -> None:
         ]
     )
     assert rc == 0 and (tmp_path / "summary.csv").is_file()
+
+
+# --- the simulator builds the exact executor (LatencyModel.make_executor) ------------------------------------
+
+
+def _calibrated_config(**kw) -> SimConfig:
+    base = dict(
+        model="tiny-bench",
+        latency_model="calibrated",
+        num_pages=80,
+        max_prefill_length=256,
+        max_concurrent_prefill=1,
+        max_concurrent_decodes=16,
+        latency_kwargs=(("profile", str(SHIPPED)),),
+    )
+    return SimConfig(**{**base, **kw})
+
+
+def test_build_engine_asks_the_latency_model_for_its_executor() -> None:
+    from sim.executor import SimExecutor
+    from sim.latency.calibrated import CalibratedSimExecutor
+    from sim.simulator import build_engine
+
+    cfg = _calibrated_config()
+    executor = build_engine(cfg, clock=lambda: 0.0).executor
+    assert isinstance(executor, CalibratedSimExecutor) and executor.clock is not None
+    assert executor.geometry == EngineGeometry.for_engine(cfg.scheduler_config(), cfg.page_size)
+    assert executor.kv_bytes_per_token and executor.host_bandwidth  # from the model spec and the accelerator
+    roofline = build_engine(SimConfig(model="tiny-bench", num_pages=80)).executor
+    assert type(roofline) is SimExecutor
+
+
+def test_the_simulator_times_requests_as_the_exact_validation_path() -> None:
+    from odrive.profiling.simrun import simulate_calibrated
+
+    wl = poisson_workload(100.0, 120, Uniform(16, 200), Uniform(4, 48), seed=2)
+    cfg = _calibrated_config()
+    stock = simulate(cfg, wl).requests.sort_values("request_id").reset_index(drop=True)
+    exact = simulate_calibrated(cfg, wl, _MODEL, exact=True).requests.sort_values("request_id")
+    shape = simulate_calibrated(cfg, wl, _MODEL, exact=False).requests.sort_values("request_id")
+    assert stock["num_preemptions"].sum() > 0  # overloaded: idle gaps, switches and preemptions are all compared
+    for col in ("first_token_time", "finish_time"):
+        assert stock[col].tolist() == exact[col].tolist()
+    assert stock["finish_time"].tolist() != shape["finish_time"].tolist()  # the BatchShape path differs
+
+
+def test_swap_preemption_with_the_calibrated_model() -> None:
+    from sim.hardware import get_accelerator
+    from sim.model_spec import get_model_spec
+
+    wl = poisson_workload(200.0, 40, Uniform(32, 200), Uniform(16, 64), seed=3)
+    cfg = _calibrated_config(num_pages=24, preemption_mode="swap", swap_space_pages=200, check_invariants=True)
+    result = simulate(cfg, wl)
+    assert result.summary["finished"] == 40 and result.requests["num_preemptions"].sum() > 0
+    out, back = result.summary["swap_pages_out"], result.summary["swap_pages_in"]
+    assert out > 0 and back == out
+    page_bytes = get_model_spec(cfg.model).kv_bytes_per_page(cfg.page_size)
+    bandwidth = get_accelerator(cfg.accelerator).host_bandwidth
+    seconds = result.summary["swap_seconds"]
+    assert seconds > 0 and seconds == pytest.approx((out + back) * page_bytes / bandwidth)
+
+
+def test_swap_copies_keep_the_calibrated_executor_busy() -> None:
+    """Copies run before the step's compute: the next step is neither idle nor switched, and a calibrated
+    executor without the swap rates refuses to guess them."""
+    from odrive.errors import ConfigError
+    from odrive.executor import SwapOps
+    from sim.latency.calibrated import CalibratedSimExecutor
+
+    now = [0.0]
+    sched = SchedulerConfig(max_prefill_length=256, max_concurrent_decodes=16)
+    ex = _MODEL.make_executor(sched, clock=lambda: now[0], kv_bytes_per_token=4096.0, host_bandwidth=1e9)
+    assert isinstance(ex, CalibratedSimExecutor)
+    decode = [_chunk("a", 1, 100, 16)]
+    first = ex.execute(decode).duration
+    now[0] += first
+    steady = ex.execute(decode).duration
+    assert first > steady
+    now[0] += steady
+    ops = SwapOps({"x": [1, 2, 3]}, {}, 16)
+    copies = ex.swap(ops)
+    assert copies == pytest.approx(3 * 16 * 4096.0 / 1e9)
+    assert ex.execute(decode).duration == steady  # copies then compute, same step
+    now[0] += copies + steady
+    assert ex.swap(ops) == copies  # a copies-only step ...
+    now[0] += copies
+    assert ex.execute(decode).duration == steady  # ... keeps the engine busy
+    now[0] += steady + 1.0
+    assert ex.execute(decode).duration == first  # idle: the switch penalty again
+    with pytest.raises(ConfigError, match="host_bandwidth"):
+        CalibratedSimExecutor(_MODEL, sched).swap(ops)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from odrive.profiling.features import EngineGeometry
 from odrive.profiling.plans import plan_table, record_outcomes, sim_request_index
 from sim.config import SimConfig
-from sim.executor import SimExecutor
-from sim.latency.calibrated import CalibratedLatencyModel, CalibratedSimExecutor
+from sim.executor import SimExecutor, swap_rates
+from sim.hardware import get_accelerator
+from sim.latency.calibrated import CalibratedLatencyModel
+from sim.model_spec import get_model_spec
 from sim.simulator import SimResult, Simulator
 from sim.workloads.request import Workload
 
@@ -34,21 +35,26 @@ def simulate_calibrated(
     fast_forward: bool = True,
     record_plans: bool = False,
 ) -> SimRun:
-    """Simulate ``workload`` under ``config`` with ``model``.
+    """Simulate ``workload`` under ``config`` with ``model`` (in place of ``config``'s latency model).
 
     ``exact``: time batches from their per-sequence lengths with the geometry ``vSurge.create_odriver`` builds
-    for this scheduler config and ``max_length`` (:class:`CalibratedSimExecutor`); otherwise through the
-    ``BatchShape`` interface the stock ``SimExecutor`` uses. ``fast_forward=False`` steps decode runs one at a
-    time (the real engine's granularity), e.g. to compare plans step by step.
+    for this scheduler config and ``max_length`` (the executor ``model.make_executor`` gives, as
+    ``build_engine`` does for ``latency_model="calibrated"``: :class:`CalibratedSimExecutor`); otherwise through
+    the ``BatchShape`` interface only (the stock ``SimExecutor``, which knows a step's sums). Swap preemption is
+    charged as ``build_engine`` charges it. ``fast_forward=False`` steps decode runs one at a time (the real
+    engine's granularity), e.g. to compare plans step by step.
     """
     sim = Simulator(config, workload)
     engine = sim.engine
     sched_cfg = engine.scheduler.config
+    kv_bytes, bandwidth = swap_rates(get_model_spec(config.model), get_accelerator(config.accelerator), config.tp)
+    rates = {"kv_bytes_per_token": kv_bytes, "host_bandwidth": bandwidth}
     if exact:
-        geometry = EngineGeometry.for_engine(sched_cfg, config.page_size, max_length)
-        executor = CalibratedSimExecutor(model, sched_cfg, geometry, clock=lambda: sim.env.now)
+        executor = model.make_executor(
+            sched_cfg, page_size=config.page_size, max_length=max_length, clock=lambda: sim.env.now, **rates
+        )
     else:
-        executor = SimExecutor(model, sched_cfg)
+        executor = SimExecutor(model, sched_cfg, **rates)
     executor.supports_decode_runs = fast_forward
     engine.executor = executor
     outcomes = record_outcomes(engine) if record_plans else None

@@ -48,7 +48,7 @@ class Replica:
         self.index = index
         self.config = config
         self.env = env
-        self.engine: Engine = build_engine(config, metrics=metrics)
+        self.engine: Engine = build_engine(config, metrics=metrics, clock=lambda: env.now)
         # Routers that read replica state see a step's finishes at its end: a decode run must end at a finish.
         self.engine.fast_forward_past_finishes = views is None
         self._times = workload.arrival_times

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sim.latency.batch_shape import BatchShape
+
+if TYPE_CHECKING:
+    from odrive.executor import Executor
+    from odrive.schedulers.config import SchedulerConfig
 
 
 def check_decode_run(num_seqs: int, kv_tokens_read: int, num_steps: int) -> None:
@@ -38,3 +44,27 @@ class LatencyModel(ABC):
             [self.step_time(BatchShape.decode_only(num_seqs, kv_tokens_read + k * num_seqs)) for k in range(num_steps)],
             dtype=np.float64,
         )
+
+    def make_executor(
+        self,
+        scheduler_config: SchedulerConfig,
+        *,
+        page_size: int | None = None,
+        max_length: int | None = None,
+        clock: Callable[[], float] | None = None,
+        kv_bytes_per_token: float | None = None,
+        host_bandwidth: float | None = None,
+    ) -> Executor:
+        """The simulator's executor for this model (``sim.simulator.build_engine`` asks the model for it).
+
+        ``page_size``/``max_length``: the engine's page size and longest sequence (prompt + output; ``None``:
+        ``scheduler_config.max_model_len``, else ``2 × max_prefill_length`` as ``vSurge.create_odriver``), for
+        models that reproduce the real engine's compiled shapes. ``clock``: the simulator's current time, for
+        models that depend on idleness. ``kv_bytes_per_token``/``host_bandwidth``: the swap-preemption rates
+        (per device). Default: the stock ``SimExecutor``, which only hands the model a ``BatchShape`` of sums
+        and ignores ``page_size``, ``max_length`` and ``clock``.
+        """
+        from sim.executor import SimExecutor  # sim.executor imports this module
+
+        del page_size, max_length, clock
+        return SimExecutor(self, scheduler_config, kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth)

@@ -9,10 +9,11 @@ everything, e.g. by a load factor measured on a shared machine.
 
 Two ways in:
 
-- :meth:`CalibratedLatencyModel.step_time_chunks` / :class:`CalibratedSimExecutor`: from the batch's
-  per-sequence lengths — exact features (the kernel's decode cost follows the *longest* context); the
-  executor also charges the measured switch penalty when the compiled shape changes or the engine idled.
-- :meth:`CalibratedLatencyModel.step_time` (the :class:`BatchShape` interface ``SimExecutor`` uses): a
+- :meth:`CalibratedLatencyModel.step_time_chunks` / :class:`CalibratedSimExecutor` (the executor the simulator
+  builds for this model: :meth:`CalibratedLatencyModel.make_executor`): from the batch's per-sequence lengths —
+  exact features (the kernel's decode cost follows the *longest* context); the executor also charges the
+  measured switch penalty when the compiled shape changes or the engine idled.
+- :meth:`CalibratedLatencyModel.step_time` (the :class:`BatchShape` interface the stock ``SimExecutor`` uses): a
   ``BatchShape`` only carries sums, so decode contexts are taken as equal (their mean) and prefill chunks as
   equal shares; buckets default to powers of two (the real engine's, for power-of-two limits).
 
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.errors import ConfigError
+from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.profiling.features import (
     FEATURE_COLUMNS,
     EngineGeometry,
@@ -40,6 +42,7 @@ from odrive.profiling.profile import Profile, find_profile
 from odrive.runtime.batch_builder import power_of_two_buckets
 from odrive.schedulers.config import SchedulerConfig
 from sim.hardware import Accelerator
+from sim.host_swap import HostSwap
 from sim.latency.base import LatencyModel, check_decode_run
 from sim.latency.batch_shape import BatchShape
 from sim.latency.registry import register_latency_model
@@ -162,6 +165,24 @@ class CalibratedLatencyModel(LatencyModel):
         rows[:, col("kv_tokens")] = total
         return self.time_of_rows(rows)
 
+    def make_executor(
+        self,
+        scheduler_config: SchedulerConfig,
+        *,
+        page_size: int | None = None,
+        max_length: int | None = None,
+        clock: Callable[[], float] | None = None,
+        kv_bytes_per_token: float | None = None,
+        host_bandwidth: float | None = None,
+    ) -> CalibratedSimExecutor:
+        """The exact executor: :class:`CalibratedSimExecutor` with the geometry ``vSurge.create_odriver`` builds
+        for ``scheduler_config``, ``page_size`` (default: this model's) and ``max_length``."""
+        geometry = EngineGeometry.for_engine(scheduler_config, page_size or self.page_size, max_length)
+        return CalibratedSimExecutor(
+            self, scheduler_config, geometry, clock=clock, kv_bytes_per_token=kv_bytes_per_token,
+            host_bandwidth=host_bandwidth,
+        )  # fmt: skip
+
     def with_speed(self, speed: float) -> CalibratedLatencyModel:
         """The same model with every time multiplied by ``speed`` (shares the fit)."""
         return CalibratedLatencyModel(
@@ -181,12 +202,16 @@ def _split(total: int, n: int) -> list[int]:
     return [q + 1] * r + [q] * (n - r)
 
 
-class CalibratedSimExecutor(Executor):
+class CalibratedSimExecutor(HostSwap, Executor):
     """The simulator's executor for a calibrated model: like ``SimExecutor`` it only models time, but hands
     the model each batch's per-sequence lengths (exact features) and the real engine's bucket geometry for
     ``scheduler_config`` (as ``vSurge.create_odriver`` builds it), and charges the measured switch penalty to
     a step whose compiled shape differs from the previous step's — or, given the simulator's ``clock``, that
-    starts after the engine sat idle."""
+    starts after the engine sat idle.
+
+    Swap preemption costs what ``SimExecutor`` charges (:class:`~sim.host_swap.HostSwap`); the profile knows no
+    host link, so ``kv_bytes_per_token`` and ``host_bandwidth`` must be passed (``build_engine`` passes the
+    SimConfig's model spec and accelerator). The copies keep the engine busy: a step after them is not idle."""
 
     supports_decode_runs = True
 
@@ -196,24 +221,45 @@ class CalibratedSimExecutor(Executor):
         scheduler_config: SchedulerConfig,
         geometry: EngineGeometry | None = None,
         clock: Callable[[], float] | None = None,
+        *,
+        kv_bytes_per_token: float | None = None,
+        host_bandwidth: float | None = None,
     ) -> None:
         self.latency_model = self.model = latency_model
         self.scheduler_config = scheduler_config
         self.geometry = geometry or EngineGeometry.for_engine(scheduler_config, latency_model.page_size)
         self.clock = clock
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.host_bandwidth = host_bandwidth
         self._last_shape: tuple[int, int] | None = None
         self._busy_until = -np.inf
+        self._swapped = (-np.inf, 0.0)  # (when, seconds) of the last copies: they run before that step's compute
+        self._idled = False  # the engine sat idle before the last copies
+
+    def _idle(self) -> bool:
+        return self.clock is not None and self.clock() > self._busy_until + 1e-9
 
     def _switched(self, features: StepFeatures) -> bool:
         shape = (features.padded_tokens, features.padded_seqs)
         switched, self._last_shape = shape != self._last_shape, shape
-        if self.clock is not None and self.clock() > self._busy_until + 1e-9:
-            switched = True  # the engine was idle
+        switched = switched or self._idled or self._idle()  # the engine was idle
+        self._idled = False
         return switched
 
     def _ran(self, seconds: float) -> None:
         if self.clock is not None:
-            self._busy_until = self.clock() + seconds
+            now = self.clock()
+            at, copies = self._swapped
+            self._busy_until = now + (copies if at == now else 0.0) + seconds
+
+    def swap(self, ops: SwapOps) -> float:
+        seconds = self.swap_seconds(ops)
+        if self.clock is not None:
+            now = self.clock()
+            self._idled = self._idled or self._idle()
+            self._swapped = (now, seconds)
+            self._busy_until = max(self._busy_until, now + seconds)  # a copies-only step keeps the engine busy too
+        return seconds
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
         f = step_features([c.num_tokens for c in batch], [c.kv_len for c in batch], self.geometry)
@@ -250,10 +296,16 @@ def calibrated_latency_model(
     page_size: int | None = None,
     speed: float = 1.0,
     strict: bool = True,
+    tp: int = 1,
     **kw: Any,
 ) -> CalibratedLatencyModel:
     """Registry factory: ``profile`` defaults to the shipped profile of ``model`` (``data/profiles``)."""
     del accelerator  # the profile is the device
+    if tp != 1:
+        raise ConfigError(
+            f"the calibrated latency model replays a single-device profile; tensor parallel size {tp} was asked "
+            "for: use the roofline model (it models tp) or profile the sharded engine"
+        )
     if profile is None or (isinstance(profile, str) and not profile):
         profile = find_profile(model.name)
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)

@@ -1,8 +1,9 @@
 """Simulator fast-forward: a steady decode batch runs many steps in one engine call.
 
-The scheduler declares a decode plan steady (``Scheduler.steady_steps``); the executor gives the run's step
-times in closed form (``Executor.decode_run_durations``); this module bounds the run (free pages, the next
-arrival) and grows the page tables exactly as stepping one at a time would have.
+The scheduler declares a decode plan steady (``Scheduler.steady_steps``) and, optionally, steady past finishes
+(``Scheduler.steady_after_finish``); the executor gives the steps' times in closed form
+(``Executor.decode_chain_durations``); this module bounds the run (free pages, the next arrival) and grows the
+page tables exactly as stepping one at a time would have.
 """
 
 from __future__ import annotations
@@ -15,75 +16,72 @@ from odrive.executor import Executor, SeqChunk
 from odrive.metrics import PageUsage
 
 UNRECORDED = PageUsage(0, 0.0, 0, 0.0, 0.0, 0.0)  # stands in where no step row is kept
+_MAX_CELLS = 1 << 21  # (requests x steps) beyond which a run stops at its first finish (bounded memory)
 
 
-def decode_chunks(requests: list, allocator: PageAllocator) -> list[SeqChunk]:
-    """Each request's next decode step (one token, sampled), with its current page table."""
-    return [
-        SeqChunk(r, r.num_computed_tokens, 1, allocator.page_table(r.request_id), True) for r in requests
-    ]  # fmt: skip
+def fit_pages(allocator: PageAllocator, batch: list[SeqChunk], steps: list[int]) -> list[int]:
+    """``steps`` (chunk ``i`` decodes in the first ``steps[i]`` steps, then finishes and frees its pages) cut
+    to the steps the pool can serve: every step's growth must fit in the free pages plus those freed by
+    earlier finishes. The first step never needs a page (the scheduler allocated it)."""
+    ps, free = allocator.page_size, allocator.num_free_pages
+    held = [len(c.page_table) for c in batch]
+    kv0 = [c.kv_len for c in batch]
+    # Fast path: all requests at their final size fit together, not even counting the pages finishes free.
+    if sum(max(0, -(-(kv + k - 1) // ps) - h) for kv, k, h in zip(kv0, steps, held, strict=True)) <= free:
+        return steps
+    first = min(steps)
+    if len(batch) * max(steps) > _MAX_CELLS:
+        steps = [first] * len(batch)
+    total = max(steps)
+    s = np.arange(total, dtype=np.int64)
+    grow = np.maximum(0, -(-(np.array(kv0)[:, None] + s) // ps) - np.array(held)[:, None])
+    active = np.array(steps)[:, None] > s
+    # Pages the pool lacks at step s: growth of the active requests minus the tables of finished ones.
+    short = (grow * active).sum(axis=0) - (np.array(held)[:, None] * ~active).sum(axis=0) > free
+    if not short.any():
+        return steps
+    cut = int(np.argmax(short))
+    return [min(k, cut) for k in steps]
 
 
-def pages_for_run(allocator: PageAllocator, batch: list[SeqChunk], limit: int) -> int:
-    """Most steps (at most ``limit``) every chunk of ``batch`` can decode with the pool's free pages; 0 when
-    not even the first step fits."""
-    ps = allocator.page_size
-    # Token slots a request lacks for its first step (<= 0: its pages have room).
-    lack = [c.kv_len - len(c.page_table) * ps for c in batch]
-    free = allocator.num_free_pages
-
-    def pages_needed(k: int) -> int:
-        return sum(-(-(x + k - 1) // ps) for x in lack if x + k - 1 > 0)
-
-    if pages_needed(limit) <= free:
-        return limit
-    if pages_needed(1) > free:
-        return 0
-    lo, hi = 1, limit  # pages_needed(lo) <= free < pages_needed(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if pages_needed(mid) <= free:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def run_decodes(
-    allocator: PageAllocator, executor: Executor, batch: list[SeqChunk], num_steps: int, horizon: float,
-    record: bool,
-) -> tuple[float, int, PageUsage]:  # fmt: skip
-    """Run ``batch`` for up to ``num_steps`` decode steps, stopping before the first step that would start at
-    or after ``horizon`` (the next arrival must be seen by a step starting then); grow the page tables.
-
-    Returns (seconds, steps run, the pool's use over the run weighted by step time — ``UNRECORDED`` unless
-    ``record``)."""
-    durations = executor.decode_run_durations(batch, num_steps)
+def steps_before(durations: np.ndarray, horizon: float) -> tuple[np.ndarray, int]:
+    """(step end times, how many steps start before ``horizon`` — at least 1): the next arrival must be seen
+    by the step that starts at or after it."""
     ends = np.cumsum(durations)
-    num_steps = max(1, int(np.searchsorted(ends - durations, horizon, side="left")))
-    duration = float(ends[num_steps - 1])
-    if not record:
-        _grow(allocator, batch, num_steps)
-        return duration, num_steps, UNRECORDED
-    durations = durations[:num_steps]
+    return ends, max(1, int(np.searchsorted(ends - durations, horizon, side="left")))
+
+
+def grow_tables(allocator: PageAllocator, chunk: SeqChunk, num_steps: int) -> None:
+    """Give ``chunk``'s request the pages ``num_steps`` decode steps fill."""
+    if not allocator.allocate(chunk.request.request_id, chunk.kv_len + num_steps - 1):
+        raise InvariantViolation("fast-forward-pages", f"request {chunk.request.request_id} ran out of pages")
+
+
+def run_usage(allocator: PageAllocator, batch: list[SeqChunk], durations: np.ndarray) -> PageUsage:
+    """The pool's use over a run of ``len(durations)`` steps of the whole ``batch`` (before its tables grew),
+    weighted by step time: what stepping one at a time would have recorded."""
     before = allocator.stats()
-    ps = allocator.page_size
+    ps, num_steps = allocator.page_size, len(durations)
     kv = np.array([c.kv_len for c in batch], dtype=np.int64)
     held = np.array([len(c.page_table) for c in batch], dtype=np.int64)
-    _grow(allocator, batch, num_steps)
-    # Pool use during each step of the run, as stepping one at a time would have recorded it.
     step = np.arange(num_steps, dtype=np.int64)[:, None]
     pages = np.maximum(held, -(-(kv + step) // ps)).sum(axis=1) + (before.used_pages - held.sum())
     used = before.used_slots + len(batch) * step[:, 0]
     allocated = pages * ps
     frag = 1.0 - used / allocated
-    w = durations / durations.sum() if durations.sum() > 0 else np.full(num_steps, 1.0 / num_steps)
-    usage = PageUsage(before.num_pages, float(pages @ w), int(pages.max()), float(allocated @ w),
-                      float(used @ w), float(frag @ w))  # fmt: skip
-    return duration, num_steps, usage
+    total = durations.sum()
+    w = durations / total if total > 0 else np.full(num_steps, 1.0 / num_steps)
+    return PageUsage(before.num_pages, float(pages @ w), int(pages.max()), float(allocated @ w),
+                     float(used @ w), float(frag @ w))  # fmt: skip
 
 
-def _grow(allocator: PageAllocator, batch: list[SeqChunk], num_steps: int) -> None:
-    for c in batch:
-        if not allocator.allocate(c.request.request_id, c.kv_len + num_steps - 1):
-            raise InvariantViolation("fast-forward-pages", f"request {c.request.request_id} ran out of pages")
+def decode_chain(
+    executor: Executor, batch: list[SeqChunk], steps: list[int], horizon: float
+) -> tuple[np.ndarray, int]:
+    """(step end times, steps run) of a decode run in which chunk ``i`` takes part in the first ``steps[i]``
+    steps, stopped before the first step starting at or after ``horizon``."""
+    if min(steps) == max(steps):
+        durations = executor.decode_run_durations(batch, steps[0])
+    else:
+        durations = executor.decode_chain_durations(batch, steps, horizon)
+    return steps_before(durations, horizon)

@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from odrive.decode_runs import UNRECORDED, decode_chunks, pages_for_run, run_decodes
+import numpy as np
+
+from odrive.decode_runs import UNRECORDED, decode_chain, fit_pages, grow_tables, run_usage
 from odrive.errors import InvariantViolation
 from odrive.executor import Executor, SeqChunk, SwapOps
 from odrive.invariants import check_plan
@@ -165,12 +167,11 @@ class Engine:
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
         if (num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0 and not self._caching
                 and not plan.has_swaps and self.allocator.supports_decode_runs):  # fmt: skip
-            steps = sched.steady_steps(plan)
-            if steps > 1:
-                steps = pages_for_run(self.allocator, batch, min(steps, *(c.request.remaining_output_tokens
-                                                                          for c in batch)))  # fmt: skip
-            if steps > 1:
-                return self._fast_forward(now, plan, batch, steps, horizon)
+            steady = sched.steady_steps(plan)
+            if steady > 1:
+                outcome = self._fast_forward(now, plan, batch, steady, horizon)
+                if outcome is not None:
+                    return outcome
         result = self.executor.execute(batch)
         duration, sampled = swap_time + result.duration, result.sampled_token_ids
         # pages in use during the step, before finishes free any
@@ -208,45 +209,42 @@ class Engine:
             outcome.finished.append(req)
 
     # --- simulator fast-forward -------------------------------------------------------------------
-    def _fast_forward(self, now: float, plan: StepPlan, batch: list[SeqChunk], num_steps: int,
-                      horizon: float) -> StepOutcome:  # fmt: skip
-        """Run a steady decode plan ``num_steps`` steps at once (one simulated token per request per step).
+    def _fast_forward(self, now: float, plan: StepPlan, batch: list[SeqChunk], steady: int,
+                      horizon: float) -> StepOutcome | None:  # fmt: skip
+        """Run a steady decode plan up to ``steady`` steps at once (one simulated token per request per step);
+        None when the pool cannot serve a second step (the step runs normally).
 
-        Without step rows, the run goes on past finishes while the scheduler vouches that its plan would stay
-        the same minus the finished requests (``Scheduler.steady_after_finish``): one engine call then covers
-        everything up to the next arrival or page shortage. Request times equal stepping one at a time."""
+        The run ends at the first finish — or, without step rows and while the scheduler vouches that its plan
+        stays the same minus finished requests (``Scheduler.steady_after_finish``), goes on past finishes: one
+        engine call then covers everything up to the next arrival or page shortage. Request times, token counts
+        and page tables equal stepping one at a time."""
         sched, record = self.scheduler, self.metrics.record_steps
-        outcome = StepOutcome(now, 0.0, 0, plan)
-        usage = UNRECORDED
-        while True:
-            duration, steps, usage = run_decodes(self.allocator, self.executor, batch, num_steps,
-                                                 horizon - outcome.duration, record)  # fmt: skip
-            outcome.duration += duration
-            outcome.num_steps += steps
-            end = now + outcome.duration
-            finished = len(outcome.finished)
-            for chunk in batch:
-                req = chunk.request
-                req.num_computed_tokens += steps
-                req.num_output_tokens += steps
-                if req.num_output_tokens >= req.sampling_params.max_tokens:
-                    self._finish(req, FinishReason.LENGTH, end)
-                    outcome.finished.append(req)
-            past_finish = self.fast_forward_past_finishes and not record and len(outcome.finished) > finished
-            if not past_finish or outcome.duration >= horizon or not sched.steady_after_finish(plan):
-                break
-            batch = decode_chunks([c.request for c in batch if c.request.status is RequestStatus.RUNNING],
-                                  self.allocator)  # fmt: skip
-            if not batch:
-                break
-            num_steps = pages_for_run(self.allocator, batch, min(c.request.remaining_output_tokens for c in batch))
-            if num_steps == 0:
-                break
+        remaining = [min(c.request.remaining_output_tokens, steady) for c in batch]
+        if not record and self.fast_forward_past_finishes and sched.steady_after_finish(plan):
+            steps = remaining
+        else:
+            steps = [min(remaining)] * len(batch)
+        steps = fit_pages(self.allocator, batch, steps)
+        if max(steps) <= 1:
+            return None
+        ends, num_steps = decode_chain(self.executor, batch, steps, horizon)
+        usage = run_usage(self.allocator, batch, np.diff(ends[:num_steps], prepend=0.0)) if record else UNRECORDED
+        duration = float(ends[num_steps - 1])
+        outcome = StepOutcome(now, duration, num_steps, plan)
+        ran = [min(k, num_steps) for k in steps]
+        for i in sorted(range(len(batch)), key=ran.__getitem__):  # in finish order: finishes free pages first
+            chunk, k = batch[i], ran[i]
+            grow_tables(self.allocator, chunk, k)
+            req = chunk.request
+            req.num_computed_tokens += k
+            req.num_output_tokens += k
+            if req.num_output_tokens >= req.sampling_params.max_tokens:
+                self._finish(req, FinishReason.LENGTH, now + float(ends[k - 1]))
+                outcome.finished.append(req)
         if self.check_invariants:
             self.allocator.check_invariants()
-        self.metrics.on_step(now, outcome.duration, outcome.num_steps, 0, 0, len(plan.num_scheduled_tokens),
-                             len(plan.preempted), len(outcome.finished), usage, len(sched.waiting),
-                             len(sched.running))  # fmt: skip
+        self.metrics.on_step(now, duration, num_steps, 0, 0, len(batch), len(plan.preempted), len(outcome.finished),
+                             usage, len(sched.waiting), len(sched.running))  # fmt: skip
         return outcome
 
     def _finish_reason(self, req: Request, token: int | None) -> FinishReason | None:

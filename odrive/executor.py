@@ -88,3 +88,21 @@ class Executor(ABC):
     def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
         """Durations of ``num_steps`` consecutive decode steps of ``batch`` (simulator fast-forward)."""
         raise NotImplementedError(f"{type(self).__name__} does not model multi-step decode runs")
+
+    def decode_chain_durations(self, batch: list[SeqChunk], steps: list[int], horizon: float) -> np.ndarray:
+        """Durations of consecutive decode steps in which chunk ``i`` takes part in the first ``steps[i]`` (the
+        batch shrinks as requests finish). May stop early, after the first step ending at or past ``horizon``
+        seconds (later steps will not run). Default: one :meth:`decode_run_durations` call per stretch of
+        constant membership, in time order."""
+        parts: list[np.ndarray] = []
+        elapsed, done = 0.0, 0
+        for end in sorted(set(steps)):
+            active = [SeqChunk(c.request, c.start + done, 1, c.page_table, True)
+                      for c, k in zip(batch, steps, strict=True) if k > done]  # fmt: skip
+            part = self.decode_run_durations(active, end - done)
+            parts.append(part)
+            elapsed += float(part.sum())
+            done = end
+            if elapsed >= horizon:
+                break
+        return np.concatenate(parts)

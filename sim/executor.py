@@ -60,3 +60,14 @@ class SimExecutor(HostSwap, Executor):
     def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
         kv_read = sum(c.start + c.num_tokens for c in batch)
         return self.latency_model.decode_run_times(len(batch), kv_read, num_steps)
+
+    def decode_chain_durations(self, batch: list[SeqChunk], steps: list[int], horizon: float) -> np.ndarray:
+        # Step s decodes the chunks with steps[i] > s, each at context kv_len + s: (sequences, KV read) per step.
+        order = np.argsort(np.asarray(steps), kind="stable")
+        ends = np.asarray(steps, dtype=np.int64)[order]
+        kv0 = np.array([c.start + c.num_tokens for c in batch], dtype=np.int64)[order]
+        s = np.arange(int(ends[-1]), dtype=np.int64)
+        gone = np.searchsorted(ends, s, side="right")  # chunks finished before step s
+        num_seqs = len(batch) - gone
+        kv_left = np.concatenate(([0], np.cumsum(kv0[::-1])))[::-1]  # kv_left[j] = sum of kv0[j:]
+        return self.latency_model.decode_step_times(num_seqs, kv_left[gone] + num_seqs * s)

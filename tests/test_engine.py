@@ -21,7 +21,7 @@ from odrive.sampling_params import SamplingParams
 from odrive.schedulers import FCFSScheduler, Scheduler, SchedulerConfig, StepPlan, make_scheduler
 from sim.config import SimConfig
 from sim.executor import SimExecutor
-from sim.simulator import SimResult, Simulator, simulate
+from sim.simulator import SimResult, Simulator, build_engine, simulate
 from sim.workloads import Workload, poisson_workload
 from sim.workloads.lengths import Uniform
 
@@ -153,6 +153,30 @@ def test_lean_run_continues_past_a_finish_only_while_nothing_waits() -> None:
     sim.engine.step = counting  # type: ignore[method-assign]
     sim.run()
     assert (49, 1) in calls, calls
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kv=st.lists(st.integers(1, 5000), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_executor_chain_durations_default_equals_the_vectorized_one(kv: list[int], data: st.DataObject) -> None:
+    # A decode run whose batch shrinks as requests finish: the Executor default (one decode_run_durations call
+    # per stretch of constant membership) and SimExecutor's vectorized override give the same step times.
+    steps = data.draw(st.lists(st.integers(1, 60), min_size=len(kv), max_size=len(kv)))
+    config = SimConfig()
+    ex = build_engine(config).executor
+    params = SamplingParams(max_tokens=100)
+    batch = [SeqChunk(Request(f"r{i}", n, params), n - 1, 1, [], True) for i, n in enumerate(kv)]
+    fast = ex.decode_chain_durations(batch, steps, math.inf)
+    default = Executor.decode_chain_durations(ex, batch, steps, math.inf)
+    assert len(fast) == max(steps)
+    np.testing.assert_allclose(fast, default, rtol=1e-12)
+    # The default may stop at the horizon: what it returns is a prefix reaching the horizon.
+    horizon = float(fast[: max(steps) // 2 + 1].sum())
+    cut = Executor.decode_chain_durations(ex, batch, steps, horizon)
+    assert cut.sum() >= horizon * (1 - 1e-12)
+    np.testing.assert_allclose(cut, fast[: len(cut)], rtol=1e-12)
 
 
 def test_fast_forward_stops_at_the_next_arrival() -> None:

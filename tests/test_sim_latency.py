@@ -160,6 +160,25 @@ def test_decode_run_times_equal_step_by_step(
     assert np.all(np.diff(fast) >= 0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(["llama-2-7b", "tiny-bench"]),
+    segments=st.lists(st.tuples(st.integers(1, 64), st.integers(1, 40)), min_size=1, max_size=6),
+    context=st.integers(0, 100_000),
+)
+def test_decode_step_times_of_a_shrinking_batch(model: str, segments: list[tuple[int, int]], context: int) -> None:
+    # Step times of a batch whose size changes between stretches: the roofline's vectorized override, the
+    # base class's one-decode_run_times-per-stretch default and step_time step by step all agree.
+    lm = roofline("h100-80gb", model, 1)
+    num_seqs = np.concatenate([np.full(k, n) for n, k in segments])
+    kv = num_seqs + context + np.arange(len(num_seqs)) * num_seqs
+    fast = lm.decode_step_times(num_seqs, kv)
+    default = LatencyModel.decode_step_times(lm, num_seqs, kv)
+    slow = [lm.step_time(BatchShape.decode_only(int(n), int(k))) for n, k in zip(num_seqs, kv, strict=True)]
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
+    np.testing.assert_allclose(default, slow, rtol=1e-12)
+
+
 def test_decode_run_times_validation() -> None:
     lm = roofline()
     assert lm.decode_run_times(4, 4, 0).shape == (0,)

@@ -45,6 +45,19 @@ class LatencyModel(ABC):
             dtype=np.float64,
         )
 
+    def decode_step_times(self, num_seqs: np.ndarray, kv_tokens_read: np.ndarray) -> np.ndarray:
+        """Durations of decode-only steps, step ``k`` of ``num_seqs[k]`` sequences reading ``kv_tokens_read[k]``
+        context tokens (a decode run whose batch shrinks as requests finish). Default: one
+        :meth:`decode_run_times` call per stretch of constant ``num_seqs``; vectorized models override it."""
+        num_seqs, kv = np.asarray(num_seqs, dtype=np.int64), np.asarray(kv_tokens_read, dtype=np.int64)
+        if len(num_seqs) == 0:
+            return np.zeros(0)
+        cuts = np.flatnonzero(np.diff(num_seqs)) + 1
+        starts, stops = np.concatenate(([0], cuts)), np.concatenate((cuts, [len(num_seqs)]))
+        return np.concatenate([
+            self.decode_run_times(int(num_seqs[a]), int(kv[a]), int(b - a)) for a, b in zip(starts, stops, strict=True)
+        ])  # fmt: skip
+
     def make_executor(
         self,
         scheduler_config: SchedulerConfig,

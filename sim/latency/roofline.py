@@ -76,5 +76,8 @@ class RooflineLatencyModel(LatencyModel):
     def decode_run_times(self, num_seqs: int, kv_tokens_read: int, num_steps: int) -> np.ndarray:
         check_decode_run(num_seqs, kv_tokens_read, num_steps)
         kv = kv_tokens_read + num_seqs * np.arange(num_steps, dtype=np.int64)
-        compute, memory, comm = self._terms(num_seqs, kv, num_seqs, kv)
+        return self.decode_step_times(num_seqs, kv)
+
+    def decode_step_times(self, num_seqs: Any, kv_tokens_read: Any) -> np.ndarray:
+        compute, memory, comm = self._terms(num_seqs, kv_tokens_read, num_seqs, kv_tokens_read)
         return np.maximum(compute, memory) + comm + self.accelerator.step_overhead_s

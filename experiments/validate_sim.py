@@ -19,6 +19,12 @@ Errors per request (TTFT, TPOT, E2E) and aggregate (throughput, peak pages used)
   knows a step's sums: what a latency model without per-sequence information would get), at the probe speed.
   The other variants time steps as ``odrive sim --latency-model calibrated`` does (``CalibratedSimExecutor``).
 
+Measurement protocol: ``main()`` pins XLA's compute to core 0 and the Python engine loop (scheduling, batch
+building, the replay driver) to the other cores before JAX starts (``odrive.profiling.pinning``), as the default
+profile ``cpu-tiny-bench-f32-pinned`` was measured (``odrive profile --tiny-bench --pin-cores``): unpinned, the
+two compete for this machine's 2 cores and repeated real runs differ by up to ~10 %. ``--pin no`` with
+``--profile data/profiles/cpu-tiny-bench-f32.csv`` validates the unpinned engine.
+
 With ``--full`` every workload runs twice on the real engine, and the two real runs are compared like the
 simulator is (``real_repeat``): the noise floor of this machine.
 
@@ -45,6 +51,7 @@ import pandas as pd  # noqa: E402
 
 from odrive.profiling.compare import error_rows, per_request  # noqa: E402
 from odrive.profiling.features import EngineGeometry  # noqa: E402
+from odrive.profiling.pinning import current_pinning, pin_compute_and_host  # noqa: E402
 from odrive.profiling.plans import compare_plans  # noqa: E402
 from odrive.profiling.profile import PROFILE_DIR, Profile  # noqa: E402
 from odrive.profiling.simrun import simulate_calibrated  # noqa: E402
@@ -52,7 +59,8 @@ from sim.config import SimConfig  # noqa: E402
 from sim.latency.calibrated import CalibratedLatencyModel  # noqa: E402
 from sim.workloads import Uniform, Workload, load_trace, poisson_workload  # noqa: E402
 
-DEFAULT_PROFILE = PROFILE_DIR / "cpu-tiny-bench-f32.csv"
+DEFAULT_PROFILE = PROFILE_DIR / "cpu-tiny-bench-f32-pinned.csv"  # measured as main() runs: compute pinned
+UNPINNED_PROFILE = PROFILE_DIR / "cpu-tiny-bench-f32.csv"  # for runs in a process whose JAX already started
 TRACE = Path(__file__).resolve().parents[1] / "data" / "traces" / "azure_conv_2023.csv"
 
 
@@ -328,6 +336,8 @@ def summarize_validation(v: Validation, profile: Profile, probes: list[dict], wa
         "profile_heldout": profile.meta.get("fit", {}).get("heldout", {}),
         "config": asdict(v.config),
         "wall_s": round(wall_s, 1),
+        "pinning": current_pinning(),
+        "profile_pinning": profile.meta.get("host", {}).get("pinning"),
         "plans_identical": bool(v.plans_diff.empty),
         "closed_steps": int(len(v.plans_real)),
         "closed_preemptions": float(closed_rows.loc["preemptions", "real"]),
@@ -449,7 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/validate_sim"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-probe", action="store_true", help="skip the speed probe (adjusted = raw)")
+    p.add_argument("--pin", choices=("profile", "yes", "no"), default="profile",
+                   help="XLA compute and the engine loop on separate cores (default: as the profile was measured)")
     args = p.parse_args(argv)
+    pin_as = Profile.load(args.profile).meta.get("host", {}).get("pinning")
+    if args.pin == "yes" or (args.pin == "profile" and pin_as):
+        cores = [set(pin_as["compute_cores"]), set(pin_as["host_cores"])] if pin_as else []
+        print(f"pinned: {pin_compute_and_host(*cores)}")
     cfg = replace(FULL if args.full else SMALL, profile=args.profile, seed=args.seed, probe=not args.no_probe)
     v = run_validation(cfg, args.out)
     print(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -53,8 +56,13 @@ class Model:
     path: Path | None = None
 
 
-def load_model(path: str | Path, dtype: DTypeLike | None = None) -> Model:
-    """Load a HF-format Llama checkpoint directory; ``dtype`` defaults to the config's ``torch_dtype``."""
+def load_model(path: str | Path, dtype: DTypeLike | None = None, *, mesh: Mesh | None = None) -> Model:
+    """Load a HF-format Llama checkpoint directory; ``dtype`` defaults to the config's ``torch_dtype``.
+
+    With ``mesh`` (``odrive.parallel.make_tp_mesh``) every tensor goes from host memory straight to its shards
+    on the mesh (``odrive.parallel.param_shardings``): no device ever holds the whole model, so a model larger
+    than one device loads for tensor-parallel serving. Without it, params land on the default device.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
@@ -63,20 +71,39 @@ def load_model(path: str | Path, dtype: DTypeLike | None = None) -> Model:
     config = LlamaConfig.from_json_file(path / "config.json")
     dt = resolve_dtype(dtype if dtype is not None else config.torch_dtype)
     shapes = param_shapes(config)
+    place = _placer(config, mesh)
     with _TensorReader(path) as reader:
         params: Params = {"layers": {}}
         for name, shape in shapes.items():
             if name != "layers":
                 hf_name, transpose = _TOP_LEVEL[name]
-                params[name] = jnp.asarray(reader.load(hf_name, shape, transpose, dt))
+                params[name] = place(reader.load(hf_name, shape, transpose, dt), name)
         for name, shape in shapes["layers"].items():
             suffix, transpose = _PER_LAYER[name]
             layers = [
                 reader.load(f"model.layers.{i}.{suffix}", shape[1:], transpose, dt)
                 for i in range(config.num_hidden_layers)
             ]
-            params["layers"][name] = jnp.asarray(np.stack(layers))
+            params["layers"][name] = place(np.stack(layers), "layers", name)
     return Model(config=config, params=params, dtype=dt, path=path)
+
+
+def _placer(config: LlamaConfig, mesh: Mesh | None) -> Callable[..., jax.Array]:
+    """``place(host_array, *param_path)``: onto the default device, or onto its shards of ``mesh``."""
+    if mesh is None:
+        return lambda array, *_: jnp.asarray(array)
+    from odrive.parallel import check_tp, param_shardings, tp_size  # odrive.parallel imports this package
+
+    check_tp(config, tp_size(mesh))
+    shardings = param_shardings(config, mesh)
+
+    def place(array: np.ndarray, *keys: str) -> jax.Array:
+        sharding = shardings
+        for key in keys:
+            sharding = sharding[key]
+        return jax.device_put(array, sharding)
+
+    return place
 
 
 def save_model(

@@ -31,9 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--spec-name", default=None, help="sim model spec this profile describes (default tiny-bench with --tiny-bench)"
     )
     p.add_argument("--description", default="")
+    p.add_argument("--pin-cores", action="store_true",
+                   help="XLA compute on core 0, the engine loop on the others (as experiments.validate_sim runs)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pin_cores:
+        from odrive.profiling.pinning import pin_compute_and_host
+
+        print(f"pinned: {pin_compute_and_host()}")
     from odrive.profiling.grid import ProfileGrid, quick_grid
     from odrive.profiling.profiler import run_profile, tiny_bench_model
 

@@ -89,17 +89,18 @@ def _jsonable(x: Any) -> Any:
 
 
 def find_profile(model_name: str, directory: Path = PROFILE_DIR) -> Path:
-    """The shipped profile whose metadata names model spec ``model_name``."""
-    hits = []
+    """The shipped profile whose metadata names model spec ``model_name`` (one measured without core pinning
+    first: it describes the engine as it normally runs)."""
+    hits: list[tuple[bool, Path]] = []
     for meta_path in sorted(directory.glob("*.json")):
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
         if meta.get("model", {}).get("spec_name") == model_name:
-            hits.append(meta_path)
+            hits.append((bool(meta.get("host", {}).get("pinning")), meta_path))
     if not hits:
         raise FileNotFoundError(
             f"no profile for model {model_name!r} in {directory}; run `odrive profile` and pass profile=PATH"
         )
-    return hits[0]
+    return min(hits)[1]

@@ -35,6 +35,7 @@ from odrive.models.dtypes import resolve_dtype
 from odrive.models.llama import init_params, make_paged_forward
 from odrive.profiling.features import EngineGeometry, format_lens, step_features
 from odrive.profiling.grid import GridPoint, ProfileGrid
+from odrive.profiling.pinning import current_pinning
 from odrive.profiling.profile import Profile
 from odrive.request import Request
 from odrive.runtime.batch_builder import BatchBuilder
@@ -261,6 +262,7 @@ def describe_host() -> dict:
         "jax_version": jax.__version__, "jaxlib_version": getattr(jax.lib, "__version__", None) or jax.__version__,
         "backend": jax.default_backend(), "device_kind": dev.device_kind, "num_devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": list(os.getloadavg()),
+        "pinning": current_pinning(),
     }  # fmt: skip
 
 

@@ -93,8 +93,13 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         ``{"predictor": "bucket-mean"}`` for ``sjf``). ``preemption_mode="swap"`` moves preempted requests'
         K/V to host memory, at most ``swap_space_pages`` pages (default: ``swap_space_gib`` worth).
         """
+        mesh = None
+        if tensor_parallel_size > 1:
+            from odrive.parallel import make_tp_mesh
+
+            mesh = make_tp_mesh(tensor_parallel_size)
         if not isinstance(model, Model):
-            model = load_model(model)
+            model = load_model(model, mesh=mesh)  # with a mesh: straight from host memory to each device's shard
         if processor is not None and not isinstance(processor, Processor):
             processor = load_processor(processor)
         max_length = max_length or 2 * max_prefill_length
@@ -110,12 +115,10 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             scheduler_kwargs=tuple(dict(scheduler_kwargs or {}).items()),
         )
         cfg = model.config
-        mesh = None
-        if tensor_parallel_size > 1:
-            from odrive.parallel import check_tp, make_tp_mesh, per_device_kv_pages
+        if mesh is not None:
+            from odrive.parallel import check_tp, per_device_kv_pages
 
             check_tp(cfg, tensor_parallel_size)
-            mesh = make_tp_mesh(tensor_parallel_size)
             plan = per_device_kv_pages(
                 cfg, tp=tensor_parallel_size, page_size=page_size, hbm_utilization=hbm_utilization,
                 max_running=max_concurrent_decodes, max_model_len=max_length, dtype=model.dtype,

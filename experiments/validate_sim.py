@@ -182,30 +182,10 @@ def make_engine(cfg: ValidationConfig, profile: Profile):
     )  # fmt: skip
 
 
-def warm_up(surge, geometry: EngineGeometry) -> float:
-    """Compile every shape FCFS can produce: one prefill per token bucket, one decode batch per seq bucket."""
-    from odrive.allocators import make_allocator
-    from odrive.profiling.grid import GridPoint
-    from odrive.profiling.profiler import build_batch
-
-    t0 = time.perf_counter()
-    ex = surge.executor
-    rng = np.random.default_rng(0)
-    num_pages = surge.engine.allocator.num_pages
-    shapes = [((q,), (q,)) for q in geometry.token_buckets if q <= surge.engine.scheduler.config.max_prefill_length]
-    shapes += [((1,) * b, (16,) * b) for b in geometry.seq_buckets]
-    for q, kv in shapes:
-        alloc = make_allocator("free-list", num_pages=num_pages, page_size=geometry.page_size)
-        batch = build_batch(GridPoint("warmup", geometry.page_size, q, kv), alloc, ex.model.config.vocab_size, rng)
-        for _ in range(2):
-            ex.execute(batch)
-    return time.perf_counter() - t0
-
-
 # --- the experiment -------------------------------------------------------------------------------------
 def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=print) -> Validation:
     from odrive.profiling.probe import geometric_mean, measure_speed, predict_steps, speed_of
-    from odrive.profiling.replay import replay
+    from odrive.profiling.replay import replay, warm_up
 
     t_start = time.perf_counter()
     profile = Profile.load(cfg.profile)

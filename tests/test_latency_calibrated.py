@@ -64,6 +64,22 @@ def test_heldout_error_stays_below_the_recorded_value(profile: Profile) -> None:
     assert shape_out < now["baseline_grid_interpolation_shape_out"]["p90_abs_pct"]
 
 
+def test_replay_calibration_beats_the_grid_model_in_the_serving_loop() -> None:
+    """The shipped pinned profile's replay correction: its held-out (leave-one-replayed-workload-out) step error
+    stays below the recorded value and below the grid model's own error on the same replayed steps."""
+    pinned = Profile.load(PROFILE_DIR / "cpu-tiny-bench-f32-pinned.csv")
+    recorded = pinned.meta["fit"]["heldout"]["replay"]
+    now = fit_profile(pinned).heldout["replay"]
+    for stat in ("median_abs_pct", "p90_abs_pct"):
+        assert now["leave_one_replay_out"][stat] <= recorded["leave_one_replay_out"][stat] + 1e-6, stat
+        assert now["leave_one_replay_out"][stat] < now["grid_model_only"][stat], stat
+    model = CalibratedLatencyModel(pinned)
+    assert model.fit.replay is not None and min(model.fit.replay.coef) >= 0
+    # The correction is what the simulator charges: a switched step costs more, a bigger batch no less.
+    assert model.step_time_chunks([1] * 4, [100] * 4, switched=True) > model.step_time_chunks([1] * 4, [100] * 4)
+    assert model.step_time_chunks([1] * 8, [100] * 8) >= model.step_time_chunks([1] * 4, [100] * 4)
+
+
 def test_every_count_costs_time(model: CalibratedLatencyModel) -> None:
     assert model.fit.step.intercept >= 0 and min(model.fit.step.coef) >= 0
     t = model.step_time_chunks

@@ -50,7 +50,13 @@ def test_profile_cli_writes_a_valid_profile(tmp_path) -> None:
     assert meta["model"]["config"]["hidden_size"] == 256 and meta["model"]["spec_name"] == "tiny-bench"
     assert meta["geometries"]["16"]["token_buckets"][0] == 8
     assert meta["fit"]["heldout"]["leave_one_point_out"]["median_abs_pct"] >= 0
+    # The replay calibration: the serving loop's own steps, and a correction fitted on them.
+    replayed = profile.replay
+    assert len(replayed) >= 8 and replayed["run"].nunique() == 2 and (replayed["period_s"] > 0).all()
+    assert set(meta["fit"]["replay_coef"]) == {"intercept", "exec_decode", "exec_prefill", "switched", "num_seqs"}
+    assert meta["fit"]["heldout"]["replay"]["leave_one_replay_out"]["median_abs_pct"] >= 0
     model = CalibratedLatencyModel(profile)
+    assert model.fit.replay is not None
     assert model.step_time_chunks([1] * 4, [100] * 4) > 0
 
 

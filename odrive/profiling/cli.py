@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--spec-name", default=None, help="sim model spec this profile describes (default tiny-bench with --tiny-bench)"
     )
     p.add_argument("--description", default="")
+    p.add_argument("--no-replay", action="store_true",
+                   help="skip the replay calibration (workloads replayed through the serving loop)")
     p.add_argument("--pin-cores", action="store_true",
                    help="XLA compute on core 0, the engine loop on the others (as experiments.validate_sim runs)")
 
@@ -57,7 +59,13 @@ def run(args: argparse.Namespace) -> int:
         if v is not None
     }
     grid = quick_grid(**overrides) if args.quick else ProfileGrid(**overrides)
-    profile = run_profile(model, grid, model_name=spec, description=args.description)
+    from odrive.profiling.replay_fit import ReplayCalibration
+
+    calibration = None if args.no_replay else ReplayCalibration()
+    if args.quick and calibration is not None:
+        calibration = ReplayCalibration(num_closed=8, num_open=8, loads=(0.5,))
+    profile = run_profile(model, grid, model_name=spec, description=args.description,
+                          replay_calibration=calibration)  # fmt: skip
     table, meta = profile.save(args.out)
     held = profile.meta["fit"]["heldout"]
     print(

@@ -144,6 +144,7 @@ class ProfileFit:
     target: str = "exec_s"
     tail_factor: float = 1.0
     switch_penalty_s: float = 0.0
+    replay: LinearFit | None = None  # serving-loop correction fitted on replayed steps (odrive.profiling.replay_fit)
 
     def predict_exec(self, rows: pd.DataFrame | np.ndarray, columns: Sequence[str] | None = None) -> np.ndarray:
         """Mean executor seconds of settled steps (the median fit times ``tail_factor``)."""
@@ -153,6 +154,21 @@ class ProfileFit:
         n = np.atleast_1d(np.asarray(num_seqs, dtype=np.float64))
         return self.overhead.predict(pd.DataFrame({"num_seqs": n}))
 
+    def predict_period(self, rows: np.ndarray, switched: np.ndarray | bool, host_overhead: bool = True) -> np.ndarray:
+        """Seconds of steps with feature ``rows`` (``FEATURE_COLUMNS`` order) in the serving loop: the replay
+        correction when fitted (it includes the loop's overhead and switch cost), else executor time + switch
+        penalty (+ the loop's overhead)."""
+        from odrive.profiling.features import FEATURE_COLUMNS
+        from odrive.profiling.replay_fit import REPLAY_FEATURES, correction_inputs
+
+        exec_s = self.predict_exec(rows, FEATURE_COLUMNS)
+        if self.replay is not None and host_overhead:
+            return self.replay.predict(correction_inputs(rows, exec_s, switched), REPLAY_FEATURES)
+        t = exec_s + self.switch_penalty_s * np.asarray(switched, dtype=np.float64)
+        if host_overhead:
+            t = t + self.predict_overhead(rows[:, FEATURE_COLUMNS.index("num_seqs")])
+        return t
+
     def summary(self) -> dict:
         return {
             "model": "nnls-linear",
@@ -161,6 +177,7 @@ class ProfileFit:
             "overhead_coef": self.overhead.to_dict(),
             "tail_factor": self.tail_factor,
             "switch_penalty_s": self.switch_penalty_s,
+            "replay_coef": self.replay.to_dict() if self.replay is not None else None,
             "heldout": self.heldout,
         }
 
@@ -174,6 +191,11 @@ def fit_profile(profile: Profile, target: str = "exec_s", cross_validate: bool =
     tail = float(np.median(fwd["exec_mean_s"] / fwd[target])) if "exec_mean_s" in fwd else 1.0
     penalty = max(0.0, float(np.median(fwd["exec_first_s"] - fwd[target]))) if "exec_first_s" in fwd else 0.0
     fit = ProfileFit(step, overhead, target=target, tail_factor=tail, switch_penalty_s=penalty)
+    replayed = profile.replay.dropna(subset=["period_s"]) if "period_s" in profile.table else profile.replay
+    if len(replayed) >= 8:
+        fit.replay = _fit_replay(fit, replayed)
+        if cross_validate:
+            fit.heldout["replay"] = _replay_heldout(fit, replayed)
     if cross_validate and len(fwd) >= 4:
         points = np.arange(len(fwd))
         shapes = shape_groups(fwd)
@@ -185,6 +207,7 @@ def fit_profile(profile: Profile, target: str = "exec_s", cross_validate: bool =
             return idw_predict(tr, te, target)
 
         fit.heldout = {
+            **fit.heldout,
             "leave_one_point_out": _stats(held_out_errors(fwd, target, linear(STEP_FEATURES), points)),
             "leave_one_shape_out": _stats(held_out_errors(fwd, target, linear(STEP_FEATURES), shapes)),
             "in_sample": _stats(step.predict(fwd) / fwd[target].to_numpy() - 1.0),
@@ -195,3 +218,30 @@ def fit_profile(profile: Profile, target: str = "exec_s", cross_validate: bool =
             "num_points": {"forward": float(len(fwd)), "shapes": float(len(np.unique(shapes)))},
         }  # fmt: skip
     return fit
+
+
+def _fit_replay(fit: ProfileFit, replayed: pd.DataFrame) -> LinearFit:
+    from odrive.profiling.replay_fit import REPLAY_FEATURES, replay_frame
+
+    return LinearFit.fit(replay_frame(replayed, fit.predict_exec(replayed)), "period_s", REPLAY_FEATURES)
+
+
+def _replay_heldout(fit: ProfileFit, replayed: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Error on replayed steps: leave-one-replay-out for the correction, and the grid model without it."""
+    from odrive.profiling.features import FEATURE_COLUMNS
+    from odrive.profiling.replay_fit import REPLAY_FEATURES, replay_frame
+
+    frame = replay_frame(replayed, fit.predict_exec(replayed))
+    runs = replayed["run"].to_numpy()
+
+    def corrected(tr: pd.DataFrame, te: pd.DataFrame) -> np.ndarray:
+        return LinearFit.fit(tr, "period_s", REPLAY_FEATURES).predict(te)
+
+    rows = replayed[list(FEATURE_COLUMNS)].to_numpy(np.float64)
+    grid_only = ProfileFit(fit.step, fit.overhead, tail_factor=fit.tail_factor, switch_penalty_s=fit.switch_penalty_s)
+    uncorrected = grid_only.predict_period(rows, replayed["switched"].to_numpy(bool)) / frame["period_s"].to_numpy()
+    return {
+        "leave_one_replay_out": _stats(held_out_errors(frame, "period_s", corrected, runs)),
+        "grid_model_only": _stats(uncorrected - 1.0),
+        "num_steps": {"replay": float(len(frame)), "runs": float(len(np.unique(runs)))},
+    }

@@ -33,6 +33,11 @@ class Profile:
     def engine(self) -> pd.DataFrame:
         return self.table[self.table["source"] == "engine"].reset_index(drop=True)
 
+    @property
+    def replay(self) -> pd.DataFrame:
+        """Back-to-back steps of replayed workloads (``odrive.profiling.replay_fit``); empty in older profiles."""
+        return self.table[self.table["source"] == "replay"].reset_index(drop=True)
+
     def geometry(self, page_size: int | None = None) -> EngineGeometry:
         """The geometry the profile was measured with (for ``page_size``, default the first profiled one)."""
         geos = self.meta["geometries"]

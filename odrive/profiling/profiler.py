@@ -37,6 +37,7 @@ from odrive.profiling.features import EngineGeometry, format_lens, step_features
 from odrive.profiling.grid import GridPoint, ProfileGrid
 from odrive.profiling.pinning import current_pinning
 from odrive.profiling.profile import Profile
+from odrive.profiling.replay_fit import DEFAULT_REPLAY, ReplayCalibration, measure_replays
 from odrive.request import Request
 from odrive.runtime.batch_builder import BatchBuilder
 from odrive.runtime.jax_executor import JaxExecutor
@@ -267,10 +268,12 @@ def describe_host() -> dict:
 
 
 def run_profile(
-    model: Model, grid: ProfileGrid, *, model_name: str = "", description: str = "", log: Log = print
-) -> Profile:
-    """Measure ``grid`` (forward points and engine scenarios), fit the calibrated model, store its held-out
-    error in the metadata."""
+    model: Model, grid: ProfileGrid, *, model_name: str = "", description: str = "", log: Log = print,
+    replay_calibration: ReplayCalibration | None = DEFAULT_REPLAY,
+) -> Profile:  # fmt: skip
+    """Measure ``grid`` (forward points and engine scenarios) and, with ``replay_calibration``, replayed
+    workloads' steps in the serving loop (:mod:`odrive.profiling.replay_fit`); fit the calibrated model, store
+    its held-out error in the metadata."""
     from kernels import default_attention_impl_name
     from odrive.profiling.fit import fit_profile
 
@@ -278,6 +281,7 @@ def run_profile(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     points = measure_points(model, grid, log)
     engine = measure_engine(model, grid, log)
+    replayed = measure_replays(model, grid.page_sizes[0], replay_calibration, log) if replay_calibration else None
     cfg = model.config
     meta = {
         "created": started, "description": description, "host": describe_host(),
@@ -288,7 +292,7 @@ def run_profile(
         "grid": grid.to_dict(), "profiling_wall_s": None,
     }  # fmt: skip
     meta["round_drift"] = points.attrs.get("round_drift", [])
-    profile = Profile(pd.concat([points, engine], ignore_index=True), meta)
+    profile = Profile(pd.concat([points, engine, replayed], ignore_index=True), meta)
     meta["fit"] = fit_profile(profile).summary()
     meta["profiling_wall_s"] = round(time.perf_counter() - t0, 1)
     return profile

@@ -16,6 +16,7 @@ import pandas as pd
 
 from odrive.engine import StepOutcome
 from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.profiling.features import EngineGeometry
 from odrive.profiling.plans import plan_table, record_outcomes
 from odrive.sampling_params import SamplingParams
 from odrive.vsurge.driver import vSurge
@@ -118,6 +119,26 @@ def replay(
     plans = plan_table(outcomes, steps, index_of)
     steps = _with_step_timing(steps, outcomes, recorder.shapes, after_idle, origin)
     return ReplayResult(requests, steps, plans, wall, lag)
+
+
+def warm_up(surge: vSurge, geometry: EngineGeometry) -> float:
+    """Compile every shape FCFS can produce: one prefill per token bucket, one decode batch per seq bucket."""
+    from odrive.allocators import make_allocator
+    from odrive.profiling.grid import GridPoint
+    from odrive.profiling.profiler import build_batch
+
+    t0 = time.perf_counter()
+    ex = surge.executor
+    rng = np.random.default_rng(0)
+    num_pages = surge.engine.allocator.num_pages
+    shapes = [((q,), (q,)) for q in geometry.token_buckets if q <= surge.engine.scheduler.config.max_prefill_length]
+    shapes += [((1,) * b, (16,) * b) for b in geometry.seq_buckets]
+    for q, kv in shapes:
+        alloc = make_allocator("free-list", num_pages=num_pages, page_size=geometry.page_size)
+        batch = build_batch(GridPoint("warmup", geometry.page_size, q, kv), alloc, ex.model.config.vocab_size, rng)
+        for _ in range(2):
+            ex.execute(batch)
+    return time.perf_counter() - t0
 
 
 def _with_step_timing(

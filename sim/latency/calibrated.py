@@ -90,16 +90,16 @@ class CalibratedLatencyModel(LatencyModel):
         self.geometry = geometry or generic_geometry(self.page_size)
         self.speed = float(speed)
         self.host_overhead = host_overhead
+        self.switch_penalty = switch_penalty
         self.switch_penalty_s = self.fit.switch_penalty_s if switch_penalty else 0.0
 
     # --- core -------------------------------------------------------------------------------------
     def time_of_rows(self, rows: np.ndarray, switched: np.ndarray | bool = False) -> np.ndarray:
         """Seconds for feature rows (``FEATURE_COLUMNS`` order, shape ``[n, len(FEATURE_COLUMNS)]``); rows
-        flagged ``switched`` (compiled shape differs from the previous step's) pay the switch penalty."""
-        t = self.fit.predict_exec(rows, FEATURE_COLUMNS) + self.switch_penalty_s * np.asarray(switched)
-        if self.host_overhead:
-            t = t + self.fit.predict_overhead(rows[:, FEATURE_COLUMNS.index("num_seqs")])
-        return self.speed * t
+        flagged ``switched`` (compiled shape differs from the previous step's, or the engine idled) pay the
+        switch cost."""
+        switched = np.asarray(switched, dtype=np.float64) if self.switch_penalty else 0.0
+        return self.speed * self.fit.predict_period(rows, switched, self.host_overhead)
 
     def time_of(self, features: StepFeatures, switched: bool = False) -> float:
         row = np.array([[getattr(features, c) for c in FEATURE_COLUMNS]], dtype=np.float64)
@@ -191,7 +191,7 @@ class CalibratedLatencyModel(LatencyModel):
             page_size=self.page_size,
             speed=speed,
             host_overhead=self.host_overhead,
-            switch_penalty=self.switch_penalty_s > 0,
+            switch_penalty=self.switch_penalty,
             fit=self.fit,
         )
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from odrive.profiling.features import EngineGeometry, parse_lens, step_features
-from odrive.profiling.replay import replay
+from odrive.profiling.features import EngineGeometry
+from odrive.profiling.replay import replay, step_shapes
 from odrive.vsurge.driver import vSurge
 from sim.latency.calibrated import CalibratedLatencyModel
 from sim.workloads import Uniform, Workload, poisson_workload
@@ -34,13 +34,8 @@ def predict_steps(steps: pd.DataFrame, model: CalibratedLatencyModel, geometry: 
     """A real run's own batches (``ReplayResult.steps``): the model's step time at speed 1, with the switch
     penalty when the compiled shape changed or the engine was idle (as the simulator charges it)."""
     steps = steps.copy()
-    predicted, switched, last = [], [], None
-    for q, kv, idle in zip(steps["q_lens"], steps["kv_lens"], steps["after_idle"], strict=True):
-        f = step_features(parse_lens(q), parse_lens(kv), geometry)
-        shape = (f.padded_tokens, f.padded_seqs)
-        switched.append(shape != last or bool(idle))
-        predicted.append(model.time_of(f, switched[-1]) / model.speed)
-        last = shape
+    features, switched = step_shapes(steps, geometry)
+    predicted = [model.time_of(f, sw) / model.speed for f, sw in zip(features, switched, strict=True)]
     steps["predicted_s"], steps["switched"] = predicted, switched
     return steps
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from odrive.engine import StepOutcome
 from odrive.executor import ExecuteResult, Executor, SeqChunk
-from odrive.profiling.features import EngineGeometry
+from odrive.profiling.features import EngineGeometry, StepFeatures, parse_lens, step_features
 from odrive.profiling.plans import plan_table, record_outcomes
 from odrive.sampling_params import SamplingParams
 from odrive.vsurge.driver import vSurge
@@ -139,6 +139,19 @@ def warm_up(surge: vSurge, geometry: EngineGeometry) -> float:
         for _ in range(2):
             ex.execute(batch)
     return time.perf_counter() - t0
+
+
+def step_shapes(steps: pd.DataFrame, geometry: EngineGeometry) -> tuple[list[StepFeatures], list[bool]]:
+    """Features of a replay's steps (``ReplayResult.steps``) and whether each was ``switched``: its compiled
+    shape differs from the previous step's, or the engine had idled (as the simulator charges it)."""
+    features, switched, last = [], [], None
+    for q, kv, idle in zip(steps["q_lens"], steps["kv_lens"], steps["after_idle"], strict=True):
+        f = step_features(parse_lens(q), parse_lens(kv), geometry)
+        shape = (f.padded_tokens, f.padded_seqs)
+        features.append(f)
+        switched.append(shape != last or bool(idle))
+        last = shape
+    return features, switched
 
 
 def _with_step_timing(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from odrive.profiling.features import FEATURE_COLUMNS, EngineGeometry, parse_lens, step_features
+from odrive.profiling.features import FEATURE_COLUMNS, EngineGeometry
 
 if TYPE_CHECKING:
     from odrive.models.checkpoint import Model
@@ -70,7 +70,7 @@ def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAU
                     log: Callable[[str], None] = print) -> pd.DataFrame:  # fmt: skip
     """Replay ``cal``'s workloads on a fresh engine for ``model``; one row per step that ran back to back with
     the next: ``source="replay"``, ``run``, ``page_size``, ``FEATURE_COLUMNS``, ``switched``, ``period_s``."""
-    from odrive.profiling.replay import replay, warm_up
+    from odrive.profiling.replay import replay, step_shapes, warm_up
     from odrive.vsurge.driver import vSurge
     from sim.workloads import Uniform, Workload, poisson_workload
 
@@ -93,13 +93,8 @@ def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAU
         runs.append(replay(surge, wl, seed=cal.seed + k).steps)
     frames = []
     for run, steps in enumerate(runs):
-        rows, switched, last = [], [], None
-        for q, kv, idle in zip(steps["q_lens"], steps["kv_lens"], steps["after_idle"], strict=True):
-            f = step_features(parse_lens(q), parse_lens(kv), geometry)
-            shape = (f.padded_tokens, f.padded_seqs)
-            switched.append(shape != last or bool(idle))
-            rows.append(f.to_dict())
-            last = shape
+        features, switched = step_shapes(steps, geometry)
+        rows = [f.to_dict() for f in features]
         frame = pd.DataFrame(rows)
         frame.insert(0, "run", run)
         frame.insert(0, "page_size", page_size)

@@ -16,7 +16,8 @@ from sim.report import format_summary, plot_run
 from sim.simulator import simulate
 from sim.workloads import parse_workload
 
-DEFAULT_WORKLOAD = "trace:data/traces/azure_conv_2023.csv"
+TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"  # shipped with the repository
+DEFAULT_WORKLOAD = f"trace:{TRACES / 'azure_conv_2023.csv'}"
 
 
 def _option(text: str) -> tuple[str, object]:

@@ -43,3 +43,14 @@ def test_allocator_and_scheduler_options_reach_the_policies(tmp_path: Path) -> N
     assert main([*args, "--allocator", "contiguous", "--allocator-arg", "reservation=oracle"]) == 0
     oracle = pd.read_csv(out / "summary.csv", index_col=0)["value"]["mean_fragmentation"]
     assert max_reserve > 0.5 > oracle  # reserving 1024 tokens for ~250-token sequences wastes most slots
+
+
+def test_default_workloads_are_found_from_any_directory() -> None:
+    from pathlib import Path
+
+    from sim.cli import DEFAULT_WORKLOAD
+    from sim.cluster.cli import DEFAULT_WORKLOAD as CLUSTER_DEFAULT
+
+    for spec in (DEFAULT_WORKLOAD, CLUSTER_DEFAULT):
+        path = Path(spec.split(":", 1)[1].split("?")[0])
+        assert path.is_absolute() and path.is_file(), spec

@@ -8,8 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from sim.cli import TRACES, config_from_args
 from sim.cli import add_arguments as add_replica_arguments
-from sim.cli import config_from_args
 from sim.cluster.report import format_cluster, plot_cluster
 from sim.cluster.routers import ROUTERS
 from sim.cluster.simulator import HORIZONS, simulate_cluster
@@ -18,7 +18,7 @@ from sim.cluster.workloads import zipf_groups
 from sim.config import SimConfig
 from sim.workloads import parse_workload
 
-DEFAULT_WORKLOAD = "replay:data/traces/azure_conv_2023.csv?n=100000&time_scale=0.0625"
+DEFAULT_WORKLOAD = f"replay:{TRACES / 'azure_conv_2023.csv'}?n=100000&time_scale=0.0625"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

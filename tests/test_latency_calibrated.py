@@ -157,15 +157,7 @@ def test_exact_executor_fast_forward_equals_stepping() -> None:
     from odrive.profiling.simrun import simulate_calibrated
 
     wl = poisson_workload(100.0, 120, Uniform(16, 200), Uniform(4, 48), seed=2)
-    cfg = SimConfig(
-        model="tiny-bench",
-        latency_model="calibrated",
-        num_pages=80,
-        max_prefill_length=256,
-        max_concurrent_prefill=1,
-        max_concurrent_decodes=16,
-        latency_kwargs=(("profile", str(SHIPPED)),),
-    )
+    cfg = _calibrated_config()
     fast = simulate_calibrated(cfg, wl, _MODEL, max_length=512).requests
     slow = simulate_calibrated(cfg, wl, _MODEL, max_length=512, fast_forward=False).requests
     assert fast["num_preemptions"].sum() > 0  # overloaded and short of pages: preemptions, idle gaps, switches
@@ -186,15 +178,7 @@ def test_a_change_of_compiled_shape_pays_the_switch_penalty() -> None:
 
 def test_simulator_runs_on_the_calibrated_model() -> None:
     wl = poisson_workload(20.0, 200, Uniform(16, 200), Uniform(4, 48), seed=1)
-    cfg = SimConfig(
-        model="tiny-bench",
-        latency_model="calibrated",
-        num_pages=300,
-        max_prefill_length=256,
-        max_concurrent_prefill=1,
-        max_concurrent_decodes=16,
-        latency_kwargs=(("profile", str(SHIPPED)),),
-    )
+    cfg = _calibrated_config(num_pages=300)
     result = simulate(cfg, wl)
     assert result.summary["finished"] == 200 and 0.001 < result.summary["tpot_p50"] < 0.2
 

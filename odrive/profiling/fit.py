@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from odrive.profiling.features import FEATURE_COLUMNS
 from odrive.profiling.profile import Profile
+from odrive.profiling.replay_fit import REPLAY_FEATURES, correction_inputs, replay_frame
 
 STEP_FEATURES: tuple[str, ...] = (
     "padded_tokens",  # matmuls, RoPE, KV writes over every padded token row
@@ -158,9 +160,6 @@ class ProfileFit:
         """Seconds of steps with feature ``rows`` (``FEATURE_COLUMNS`` order) in the serving loop: the replay
         correction when fitted (it includes the loop's overhead and switch cost), else executor time + switch
         penalty (+ the loop's overhead)."""
-        from odrive.profiling.features import FEATURE_COLUMNS
-        from odrive.profiling.replay_fit import REPLAY_FEATURES, correction_inputs
-
         exec_s = self.predict_exec(rows, FEATURE_COLUMNS)
         if self.replay is not None and host_overhead:
             return self.replay.predict(correction_inputs(rows, exec_s, switched), REPLAY_FEATURES)
@@ -193,9 +192,10 @@ def fit_profile(profile: Profile, target: str = "exec_s", cross_validate: bool =
     fit = ProfileFit(step, overhead, target=target, tail_factor=tail, switch_penalty_s=penalty)
     replayed = profile.replay.dropna(subset=["period_s"]) if "period_s" in profile.table else profile.replay
     if len(replayed) >= 8:
-        fit.replay = _fit_replay(fit, replayed)
+        frame = replay_frame(replayed, fit.predict_exec(replayed))
+        fit.replay = LinearFit.fit(frame, "period_s", REPLAY_FEATURES)
         if cross_validate:
-            fit.heldout["replay"] = _replay_heldout(fit, replayed)
+            fit.heldout["replay"] = _replay_heldout(fit, replayed, frame)
     if cross_validate and len(fwd) >= 4:
         points = np.arange(len(fwd))
         shapes = shape_groups(fwd)
@@ -220,18 +220,9 @@ def fit_profile(profile: Profile, target: str = "exec_s", cross_validate: bool =
     return fit
 
 
-def _fit_replay(fit: ProfileFit, replayed: pd.DataFrame) -> LinearFit:
-    from odrive.profiling.replay_fit import REPLAY_FEATURES, replay_frame
-
-    return LinearFit.fit(replay_frame(replayed, fit.predict_exec(replayed)), "period_s", REPLAY_FEATURES)
-
-
-def _replay_heldout(fit: ProfileFit, replayed: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Error on replayed steps: leave-one-replay-out for the correction, and the grid model without it."""
-    from odrive.profiling.features import FEATURE_COLUMNS
-    from odrive.profiling.replay_fit import REPLAY_FEATURES, replay_frame
-
-    frame = replay_frame(replayed, fit.predict_exec(replayed))
+def _replay_heldout(fit: ProfileFit, replayed: pd.DataFrame, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Error on replayed steps (``frame``: their ``replay_frame``): leave-one-replay-out for the correction, and
+    the grid model without it."""
     runs = replayed["run"].to_numpy()
 
     def corrected(tr: pd.DataFrame, te: pd.DataFrame) -> np.ndarray:

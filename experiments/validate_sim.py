@@ -25,8 +25,11 @@ profile ``cpu-tiny-bench-f32-pinned`` was measured (``odrive profile --tiny-benc
 two compete for this machine's 2 cores and repeated real runs differ by up to ~10 %. ``--pin no`` with
 ``--profile data/profiles/cpu-tiny-bench-f32.csv`` validates the unpinned engine.
 
-With ``--full`` every workload runs twice on the real engine, and the two real runs are compared like the
-simulator is (``real_repeat``): the noise floor of this machine.
+With ``--full`` every workload runs three times on the real engine. The runs are compared like the simulator is
+(``real_repeat``: a later run against the first; the noise floor of this machine), and the simulator is also
+judged against the per-request median of the runs (``raw_vs_median``, ``adjusted_vs_median``; each real run
+against the median of the others: ``real_vs_median``): a deterministic simulator should predict what the engine
+typically does for each request, not one run's noise.
 
 And a closed workload (all at t=0, a pool small enough to preempt): the per-step plans of both runs (who is
 scheduled for how many tokens, who is preempted, pages used) must match exactly.
@@ -49,7 +52,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from odrive.profiling.compare import error_rows, per_request  # noqa: E402
+from odrive.profiling.compare import error_rows, median_run, per_request  # noqa: E402
 from odrive.profiling.features import EngineGeometry  # noqa: E402
 from odrive.profiling.pinning import current_pinning, pin_compute_and_host  # noqa: E402
 from odrive.profiling.plans import compare_plans  # noqa: E402
@@ -109,7 +112,7 @@ FULL = replace(
     trace_loads=(0.3, 0.6, 0.9),
     num_requests=120,
     closed_requests=64,
-    repeats=2,
+    repeats=3,
 )
 
 
@@ -199,7 +202,9 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
     todo = scenarios(cfg, model)
     order = np.random.default_rng(cfg.seed).permutation(len(todo) * cfg.repeats)
     error_frames, request_frames, step_frames, probes = [], [], [], []
-    reals: dict[int, object] = {}
+    reals: dict[int, list] = {}  # scenario -> its real runs
+    raw_sims: dict[int, object] = {}  # scenario -> the raw-profile simulation (deterministic: one per scenario)
+    speeds: dict[int, list[float]] = {}
 
     def probe(i: int) -> float:
         return measure_speed(surge, model, geometry, seed=cfg.seed + i).speed if cfg.probe else 1.0
@@ -230,11 +235,16 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
             ("batchshape", model.with_speed(speed), False),
         ):
             run = simulate_calibrated(sim_cfg, wl, m, max_length=cfg.max_length, exact=exact)
+            if variant == "raw":
+                raw_sims[int(k % len(todo))] = run
             rows = error_rows(real.requests, run.requests, real.steps, run.result.steps)
             error_frames.append(pd.DataFrame(rows).assign(**tag, variant=variant))
             if variant != "batchshape":
                 request_frames.append(per_request(real.requests, run.requests).assign(**tag, variant=variant))
-        first = reals.setdefault(int(k % len(todo)), real)
+        runs = reals.setdefault(int(k % len(todo)), [])
+        runs.append(real)
+        speeds.setdefault(int(k % len(todo)), []).append(speed)
+        first = runs[0]
         if first is not real:  # the same workload again on the real engine: reality's own reproducibility
             rows = error_rows(first.requests, real.requests, first.steps, real.steps)
             error_frames.append(pd.DataFrame(rows).assign(**tag, variant="real_repeat"))
@@ -249,6 +259,22 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
             f"run-speed {e2e['run_speed']:.1f}%"
             + (f", real vs real {e2e['real_repeat']:.1f}%" if "real_repeat" in e2e and first is not real else "")
         )
+    for j, runs in reals.items():
+        if len(runs) > 1:
+            sc = todo[j]
+            frames = against_median(
+                runs, sc["trace"], raw_sims[j], model.with_speed(geometric_mean(*speeds[j])), sim_cfg, cfg
+            )
+            tag = {"workload": sc["workload"], "load": sc["load"], "rate": sc["rate"], "repeat": -1,
+                   "speed": geometric_mean(*speeds[j])}  # fmt: skip
+            error_frames += [f.assign(**tag) for f in frames]
+            e = pd.concat(frames).query("metric == 'e2e' and statistic == 'median_abs'")
+            e2e = e.groupby("variant")["error_pct"].median()
+            log(
+                f"{sc['workload']:>10} load {sc['load']:.2f}, per-request median of {len(runs)} real runs: "
+                f"median |E2E err| raw {e2e['raw_vs_median']:.1f}%, adjusted {e2e['adjusted_vs_median']:.1f}%, "
+                f"one real run {e2e['real_vs_median']:.1f}%"
+            )
     plans_real, plans_sim, plans_diff, closed_rows = closed_check(cfg, surge, model)
     errors = pd.concat(error_frames + [closed_rows], ignore_index=True)
     steps = pd.concat(step_frames, ignore_index=True)
@@ -258,6 +284,26 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
     if out is not None:
         write(result, Path(out))
     return result
+
+
+def against_median(
+    runs: list, workload: Workload, raw_sim, adjusted: CalibratedLatencyModel, sim_cfg: SimConfig, cfg: ValidationConfig
+) -> list[pd.DataFrame]:
+    """Error rows of the simulator against the per-request median of several real runs of one workload
+    (``raw_vs_median``: the profile as shipped; ``adjusted_vs_median``: at the runs' mean probe speed), and of
+    each real run against the median of the others (``real_vs_median``: what one run's noise alone costs)."""
+    first = runs[0]
+    reference = median_run([r.requests for r in runs])
+    adj = simulate_calibrated(sim_cfg, workload, adjusted, max_length=cfg.max_length)
+    frames = [
+        pd.DataFrame(error_rows(reference, sim.requests, first.steps, sim.result.steps)).assign(variant=name)
+        for name, sim in (("raw_vs_median", raw_sim), ("adjusted_vs_median", adj))
+    ]
+    for i, run in enumerate(runs):
+        others = median_run([r.requests for j, r in enumerate(runs) if j != i])
+        rows = error_rows(others, run.requests, first.steps, run.steps)
+        frames.append(pd.DataFrame(rows).assign(variant="real_vs_median", repeat_of=i))
+    return frames
 
 
 def closed_check(cfg: ValidationConfig, surge, model: CalibratedLatencyModel):
@@ -364,7 +410,7 @@ def plot(v: Validation, path: Path) -> Path:
         ("tpot", "median_abs", "C2"),
         ("request_throughput", "value", "C3"),
     ):
-        for variant, style in (("raw", ":"), ("adjusted", "-"), ("run_speed", "--")):
+        for variant, style in (("raw", ":"), ("adjusted", "-"), ("run_speed", "--"), ("adjusted_vs_median", "-.")):
             d = e[(e["metric"] == metric) & (e["statistic"] == stat) & (e["variant"] == variant)]
             d = d.groupby("load")["error_pct"].median()
             ax.plot(
@@ -380,7 +426,8 @@ def plot(v: Validation, path: Path) -> Path:
     ax.set(
         xlabel="offered load (x simulated saturation)",
         ylabel="|error| % (per-request median; throughput: aggregate)",
-        title="Poisson: sim vs real (solid: probe speed, dashed: run speed, dotted: raw profile)",
+        title="Poisson: sim vs real (solid: probe speed, dashed: run speed, dotted: raw profile,\n"
+        "dash-dot: probe speed vs the per-request median of the real runs)",
         yscale="log",
     )
     ax.legend(fontsize=8)
@@ -439,8 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/validate_sim"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-probe", action="store_true", help="skip the speed probe (adjusted = raw)")
-    p.add_argument("--pin", choices=("profile", "yes", "no"), default="profile",
-                   help="XLA compute and the engine loop on separate cores (default: as the profile was measured)")
+    p.add_argument(
+        "--pin",
+        choices=("profile", "yes", "no"),
+        default="profile",
+        help="XLA compute and the engine loop on separate cores (default: as the profile was measured)",
+    )
     args = p.parse_args(argv)
     pin_as = Profile.load(args.profile).meta.get("host", {}).get("pinning")
     if args.pin == "yes" or (args.pin == "profile" and pin_as):

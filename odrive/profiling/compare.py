@@ -11,6 +11,24 @@ REQUEST_METRICS = ("ttft", "tpot", "e2e")
 AGGREGATES = ("request_throughput", "output_token_throughput", "peak_pages_used", "preemptions", "duration_s")
 
 
+def median_run(runs: list[pd.DataFrame]) -> pd.DataFrame:
+    """The per-request median of several real runs of one workload (request frames with ``index``): each
+    request's TTFT, TPOT, E2E and finish time is the median over the runs; the rest is the first run's.
+
+    One run of a shared machine carries its own noise (a slow second here, a preemption there); a simulator
+    is deterministic, so it is judged against what the engine typically does for each request."""
+    if not runs:
+        raise ValueError("median_run needs at least one run")
+    cols = [*REQUEST_METRICS, "first_token_time", "finish_time"]
+    first = runs[0].set_index("index")
+    if any(sorted(r["index"]) != sorted(first.index) for r in runs[1:]):
+        raise ValueError("median_run: the runs served different requests")
+    stacked = pd.concat([r.set_index("index")[cols] for r in runs])
+    out = first.copy()
+    out[cols] = stacked.groupby(level=0).median().reindex(first.index)
+    return out.reset_index()
+
+
 def per_request(real: pd.DataFrame, sim: pd.DataFrame) -> pd.DataFrame:
     """One row per workload request (``index``): each metric real, sim and relative error (sim / real - 1)."""
     keep = ["index", "num_prompt_tokens", "num_output_tokens", "arrival_time", *REQUEST_METRICS, "num_preemptions"]

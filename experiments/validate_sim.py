@@ -486,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/validate_sim"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-probe", action="store_true", help="skip the speed probe (adjusted = raw)")
+    p.add_argument("--repeats", type=int, default=None, help="real runs per workload (default: 1, --full: 3)")
     p.add_argument(
         "--pin",
         choices=("profile", "yes", "no"),
@@ -498,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         cores = [set(pin_as["compute_cores"]), set(pin_as["host_cores"])] if pin_as else []
         print(f"pinned: {pin_compute_and_host(*cores)}")
     cfg = replace(FULL if args.full else SMALL, profile=args.profile, seed=args.seed, probe=not args.no_probe)
+    if args.repeats is not None:
+        if args.repeats < 1:
+            p.error(f"--repeats must be >= 1, got {args.repeats}")
+        cfg = replace(cfg, repeats=args.repeats)
     v = run_validation(cfg, args.out)
     print(
         json.dumps(

@@ -153,7 +153,7 @@ def test_tensor_parallel_on_four_cpu_devices():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     passed = re.search(r"\b(\d+) passed", out)
-    assert passed and int(passed.group(1)) == 11, out[-3000:]  # the device tests ran, not only skipped
+    assert passed and int(passed.group(1)) == 12, out[-3000:]  # the device tests ran, not only skipped
 
 
 @pytest.fixture(scope="module")
@@ -349,9 +349,39 @@ def test_vsurge_tensor_parallel_matches_one_device(jax_mods, params):
     many = [r.token_ids for r in surge.generate(prompts, greedy)]
     assert many == [dense_greedy_generate(model.params, CONFIG, p, 6) for p in prompts]  # = one device's output
     assert surge.num_free_pages == surge.num_usable_pages
-    plan = vSurge.create_odriver(model, tensor_parallel_size=2, **{**options, "num_pages": None,
-                                                                     "hbm_utilization": 0.001}).memory_plan
+    plan = vSurge.create_odriver(
+        model, tensor_parallel_size=2, **{**options, "num_pages": None, "hbm_utilization": 0.001}
+    ).memory_plan
     assert "tp=2" in plan.source
+
+
+@child_only
+def test_vsurge_tensor_parallel_swap_preemption_keeps_the_pool_sharded_and_output_exact(jax_mods, params):
+    """Swap preemption on a sharded KV pool: each device's heads of a victim's pages go to host memory and come
+    back into other pages; the pool keeps its ``model`` sharding and greedy output equals the dense oracle's."""
+    import numpy as np
+
+    from odrive import SamplingParams, vSurge
+    from odrive.models import dense_greedy_generate
+    from odrive.models.checkpoint import Model
+
+    model = Model(CONFIG, params[CONFIG], np.dtype("float32"))
+    # 11 usable pages of 4 tokens; three sequences of 9-13 + 10 tokens need 5-6 pages each: someone is preempted.
+    surge = vSurge.create_odriver(
+        model, tensor_parallel_size=2, max_prefill_length=16, prefill_lengths=[16], page_size=PAGE_SIZE,
+        num_pages=12, max_concurrent_prefill=1, max_concurrent_decodes=3, max_length=32, scheduler="fcfs",
+        preemption_mode="swap", swap_space_pages=8, check_invariants=True,
+    )  # fmt: skip
+    prompts = [PROMPTS["a"], PROMPTS["b"], PROMPTS["b"][::-1]]
+    greedy = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    out = [r.token_ids for r in surge.generate(prompts, greedy)]
+    stats = surge.engine.swap_stats
+    assert stats.requests_out >= 1 and stats.pages_in == stats.pages_out, stats
+    assert out == [dense_greedy_generate(model.params, CONFIG, p, 10) for p in prompts]
+    k, v = surge.executor.kv_caches
+    assert k.sharding.spec[0] == "model" and v.sharding.spec[0] == "model"
+    assert len(k.sharding.device_set) == 2
+    assert surge.num_free_pages == surge.num_usable_pages and len(surge.executor.host_kv) == 0
 
 
 @child_only

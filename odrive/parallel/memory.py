@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import DTypeLike, resolve_dtype
@@ -40,6 +41,16 @@ def per_device_kv_bytes_per_token(config: LlamaConfig, tp: int, dtype: DTypeLike
     return config.kv_bytes_per_token(dtype) // tp
 
 
+def smallest_over_processes(num_bytes: int) -> int:
+    """The smallest ``num_bytes`` any process passed, floored to whole MiB (a collective: every process calls
+    it). An engine spanning processes runs one schedule everywhere, so every process must size the same page
+    pool. MiB, because JAX moves 32-bit integers unless x64 is on."""
+    from jax.experimental import multihost_utils
+
+    mib = np.array([num_bytes // 2**20], np.int32)
+    return int(np.min(multihost_utils.process_allgather(mib))) * 2**20
+
+
 def per_device_kv_pages(
     config: LlamaConfig, *, tp: int, page_size: int, hbm_utilization: float, max_running: int, max_model_len: int,
     dtype: DTypeLike | None = None, kv_dtype: DTypeLike | None = None, devices: list[jax.Device] | None = None,
@@ -47,13 +58,18 @@ def per_device_kv_pages(
 ) -> MemoryPlan:  # fmt: skip
     """The page pool for a ``tp``-way sharded model: ``plan_kv_pages`` on per-device weights and page bytes.
 
-    ``device_bytes`` defaults to the smallest memory among ``devices`` (default: the first ``tp`` devices);
-    on CPU the "devices" share host memory, so that number is the host's, not a per-device share.
+    ``device_bytes`` defaults to the smallest memory among ``devices`` (default: the first ``tp`` devices) —
+    measured on this process's devices and, when ``devices`` span several processes, the smallest over all
+    processes; on CPU the "devices" share host memory, so that number is the host's, not a per-device share.
     """
     if device_bytes is None:
-        found = [device_memory_bytes(d) for d in (devices or jax.devices()[:tp])]
-        device_bytes, source = min(found)
+        devices = list(devices or jax.devices()[:tp])
+        local = [d for d in devices if d.process_index == jax.process_index()]
+        device_bytes, source = min(device_memory_bytes(d) for d in local)
         source = f"per-device (tp={tp}) {source}"
+        if len(local) < len(devices):  # the mesh spans processes: all of them must size the same pool
+            device_bytes = smallest_over_processes(device_bytes)
+            source += f", smallest of {jax.process_count()} processes"
     else:
         source = f"per-device (tp={tp}) given"
     return plan_kv_pages(

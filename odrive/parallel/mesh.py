@@ -12,12 +12,16 @@ TP_AXIS = "model"
 
 
 def make_tp_mesh(tp: int, devices: Sequence[jax.Device] | None = None, axis: str = TP_AXIS) -> Mesh:
-    """A 1-D mesh of ``tp`` devices (the first ``tp`` of ``devices``, default ``jax.devices()``) named ``axis``.
+    """A 1-D mesh of ``tp`` devices (the first ``tp`` of ``devices``) named ``axis``.
 
-    Multi-host: call ``jax.distributed.initialize()`` first and build a mesh whose ``model`` axis stays
-    inside a host (docs/multi_host.md).
+    Default devices: this process's own (``jax.local_devices()``) when ``tp`` of them exist — after
+    ``jax.distributed.initialize()`` every process then runs its own engine on its own devices — else all
+    processes' (``jax.devices()``): one engine spanning hosts, every process running the same program
+    (docs/multi_host.md). In a single process both are ``jax.devices()``.
     """
-    devices = list(jax.devices() if devices is None else devices)
+    if devices is None:
+        devices = jax.local_devices() if tp <= jax.local_device_count() else jax.devices()
+    devices = list(devices)
     if tp < 1 or tp > len(devices):
         raise ValueError(f"tensor_parallel_size={tp} needs 1 <= tp <= {len(devices)} available devices")
     return Mesh(np.array(devices[:tp]), (axis,))

@@ -26,6 +26,16 @@ def _set_rows(pool: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
 _scatter = jax.jit(_set_rows, donate_argnums=0)  # the pool is updated in place
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """``x`` in this process's memory; a pool sharded over several processes' devices is all-gathered (a
+    collective: every process swaps the same pages at the same step, as they run the same schedule)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 class HostKVStore:
     """Host copies of swapped-out requests' K/V, keyed by request id.
 
@@ -51,7 +61,7 @@ class HostKVStore:
     def swap_out(self, kv: KVCaches, request_id: str, pages: list[int]) -> None:
         rows, n = self.rows(pages)
         idx = jnp.asarray(rows)
-        self._host[request_id] = (np.asarray(_gather(kv[0], idx))[:, :n], np.asarray(_gather(kv[1], idx))[:, :n])
+        self._host[request_id] = (_to_host(_gather(kv[0], idx))[:, :n], _to_host(_gather(kv[1], idx))[:, :n])
 
     def swap_in(self, kv: KVCaches, request_id: str, pages: list[int]) -> KVCaches:
         k_host, v_host = self._host.pop(request_id)

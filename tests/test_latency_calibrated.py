@@ -176,6 +176,26 @@ def test_a_change_of_compiled_shape_pays_the_switch_penalty() -> None:
     assert p1 > p2 and ex.execute(decode).duration == first
 
 
+def test_a_step_after_idleness_also_pays_the_wake_up_cost() -> None:
+    """The replay calibration measures a step that starts on an idle engine ~1.3 ms slower than another shape
+    switch (the host wakes up); the simulator charges it when its clock says the engine sat idle."""
+    wake = _MODEL.fit.replay.to_dict()["after_idle"]
+    assert wake > 0
+    now = [0.0]
+    sched = SchedulerConfig(max_prefill_length=256, max_concurrent_decodes=16)
+    ex = _MODEL.make_executor(sched, clock=lambda: now[0], kv_bytes_per_token=4096.0, host_bandwidth=1e9)
+    decode, prefill = [_chunk("a", 1, 100, 16)], [_chunk("b", 64, 64, 16)]
+    after_idle = ex.execute(decode).duration  # nothing ran before: idle
+    now[0] += after_idle
+    now[0] += ex.execute(prefill).duration
+    switched = ex.execute(decode).duration  # back to the decode shape, busy all along
+    assert after_idle - switched == pytest.approx(wake, rel=1e-9)
+    run_idle = _MODEL.decode_run_times_for([100, 40], 3, ex.geometry, idle=True)
+    run_switched = _MODEL.decode_run_times_for([100, 40], 3, ex.geometry, switched=True)
+    assert run_idle[0] - run_switched[0] == pytest.approx(wake, rel=1e-9)
+    np.testing.assert_array_equal(run_idle[1:], run_switched[1:])
+
+
 def test_simulator_runs_on_the_calibrated_model() -> None:
     wl = poisson_workload(20.0, 200, Uniform(16, 200), Uniform(4, 48), seed=1)
     cfg = _calibrated_config(num_pages=300)

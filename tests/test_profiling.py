@@ -53,7 +53,9 @@ def test_profile_cli_writes_a_valid_profile(tmp_path) -> None:
     # The replay calibration: the serving loop's own steps, and a correction fitted on them.
     replayed = profile.replay
     assert len(replayed) >= 8 and replayed["run"].nunique() == 2 and (replayed["period_s"] > 0).all()
-    assert set(meta["fit"]["replay_coef"]) == {"intercept", "exec_decode", "exec_prefill", "switched", "num_seqs"}
+    assert set(meta["fit"]["replay_coef"]) == {"intercept", "exec_decode", "exec_prefill", "switched", "after_idle",
+                                               "num_seqs"}  # fmt: skip
+    assert replayed["after_idle"].astype(bool).any()  # the first step of every replay starts on an idle engine
     assert meta["fit"]["heldout"]["replay"]["leave_one_replay_out"]["median_abs_pct"] >= 0
     model = CalibratedLatencyModel(profile)
     assert model.fit.replay is not None

@@ -156,13 +156,16 @@ class ProfileFit:
         n = np.atleast_1d(np.asarray(num_seqs, dtype=np.float64))
         return self.overhead.predict(pd.DataFrame({"num_seqs": n}))
 
-    def predict_period(self, rows: np.ndarray, switched: np.ndarray | bool, host_overhead: bool = True) -> np.ndarray:
+    def predict_period(
+        self, rows: np.ndarray, switched: np.ndarray | bool, host_overhead: bool = True, idle: np.ndarray | bool = False
+    ) -> np.ndarray:
         """Seconds of steps with feature ``rows`` (``FEATURE_COLUMNS`` order) in the serving loop: the replay
-        correction when fitted (it includes the loop's overhead and switch cost), else executor time + switch
-        penalty (+ the loop's overhead)."""
+        correction when fitted (it includes the loop's overhead, switch and wake-up costs; ``idle``: the step
+        starts after idleness, also flagged ``switched``), else executor time + switch penalty (+ the loop's
+        overhead)."""
         exec_s = self.predict_exec(rows, FEATURE_COLUMNS)
         if self.replay is not None and host_overhead:
-            return self.replay.predict(correction_inputs(rows, exec_s, switched), REPLAY_FEATURES)
+            return self.replay.predict(correction_inputs(rows, exec_s, switched, idle), REPLAY_FEATURES)
         t = exec_s + self.switch_penalty_s * np.asarray(switched, dtype=np.float64)
         if host_overhead:
             t = t + self.predict_overhead(rows[:, FEATURE_COLUMNS.index("num_seqs")])

@@ -34,8 +34,8 @@ def predict_steps(steps: pd.DataFrame, model: CalibratedLatencyModel, geometry: 
     """A real run's own batches (``ReplayResult.steps``): the model's step time at speed 1, with the switch
     penalty when the compiled shape changed or the engine was idle (as the simulator charges it)."""
     steps = steps.copy()
-    features, switched = step_shapes(steps, geometry)
-    predicted = [model.time_of(f, sw) / model.speed for f, sw in zip(features, switched, strict=True)]
+    features, switched, idle = step_shapes(steps, geometry)
+    predicted = [model.time_of(f, sw, i) / model.speed for f, sw, i in zip(features, switched, idle, strict=True)]
     steps["predicted_s"], steps["switched"] = predicted, switched
     return steps
 

@@ -141,9 +141,10 @@ def warm_up(surge: vSurge, geometry: EngineGeometry) -> float:
     return time.perf_counter() - t0
 
 
-def step_shapes(steps: pd.DataFrame, geometry: EngineGeometry) -> tuple[list[StepFeatures], list[bool]]:
-    """Features of a replay's steps (``ReplayResult.steps``) and whether each was ``switched``: its compiled
-    shape differs from the previous step's, or the engine had idled (as the simulator charges it)."""
+def step_shapes(steps: pd.DataFrame, geometry: EngineGeometry) -> tuple[list[StepFeatures], list[bool], list[bool]]:
+    """Features of a replay's steps (``ReplayResult.steps``), whether each was ``switched`` (its compiled shape
+    differs from the previous step's, or the engine had idled) and whether it started after idleness — as the
+    simulator charges them."""
     features, switched, last = [], [], None
     for q, kv, idle in zip(steps["q_lens"], steps["kv_lens"], steps["after_idle"], strict=True):
         f = step_features(parse_lens(q), parse_lens(kv), geometry)
@@ -151,7 +152,7 @@ def step_shapes(steps: pd.DataFrame, geometry: EngineGeometry) -> tuple[list[Ste
         features.append(f)
         switched.append(shape != last or bool(idle))
         last = shape
-    return features, switched
+    return features, switched, [bool(i) for i in steps["after_idle"]]
 
 
 def _with_step_timing(

@@ -7,10 +7,14 @@ the grid's first-run penalty implies, prefill steps ~9 % faster. So the profiler
 seeded workloads (distinct from any experiment's) through the real engine, and a second non-negative fit maps
 the grid's prediction to the measured period of each back-to-back step::
 
-    period = c0 + a_dec * exec * [decode only] + a_pre * exec * [has prefill] + a_sw * [switched] + a_n * num_seqs
+    period = c0 + a_dec * exec * [decode only] + a_pre * exec * [has prefill] + a_sw * [switched]
+             + a_idle * [after idle] + a_n * num_seqs
 
-``exec`` is the grid fit's executor time, ``switched`` marks a changed compiled shape or a step after idleness.
-The correction replaces the grid's switch penalty and loop overhead when a profile has replay rows.
+``exec`` is the grid fit's executor time, ``switched`` marks a changed compiled shape or a step after idleness,
+``after idle`` a step that starts when the engine had nothing to do (measured: ~1.3 ms more than another shape
+switch, whatever the step's size — the host wakes up). The correction replaces the grid's switch penalty and
+loop overhead when a profile has replay rows; replay rows without ``after_idle`` (older profiles) fit
+``a_idle = 0``.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from odrive.profiling.features import FEATURE_COLUMNS, EngineGeometry
 if TYPE_CHECKING:
     from odrive.models.checkpoint import Model
 
-REPLAY_FEATURES: tuple[str, ...] = ("exec_decode", "exec_prefill", "switched", "num_seqs")
+REPLAY_FEATURES: tuple[str, ...] = ("exec_decode", "exec_prefill", "switched", "after_idle", "num_seqs")
 
 
 @dataclass(frozen=True)
 class ReplayCalibration:
     """The calibration replays on an FCFS engine with these limits: a closed burst (every request at t=0)
-    measures the engine's throughput, then Poisson arrivals at ``loads`` of it. Lengths uniform; seeds fixed
-    and far from experiments' seeds."""
+    measures the engine's throughput, then Poisson arrivals at ``loads`` of it (the lowest load gives the steps
+    after idleness). Lengths uniform; seeds fixed and far from experiments' seeds."""
 
     max_prefill_length: int = 256
     max_length: int = 512
@@ -42,7 +46,7 @@ class ReplayCalibration:
     max_concurrent_decodes: int = 16
     num_closed: int = 48
     num_open: int = 60
-    loads: tuple[float, ...] = (0.4, 0.8)
+    loads: tuple[float, ...] = (0.2, 0.4, 0.8)
     prompt: tuple[int, int] = (8, 224)
     output: tuple[int, int] = (4, 64)
     seed: int = 30_000
@@ -51,16 +55,23 @@ class ReplayCalibration:
 DEFAULT_REPLAY = ReplayCalibration()
 
 
-def correction_inputs(rows: np.ndarray, exec_s: np.ndarray, switched: np.ndarray | bool) -> np.ndarray:
-    """``REPLAY_FEATURES`` columns for feature ``rows`` (``FEATURE_COLUMNS`` order) with grid times ``exec_s``."""
+def correction_inputs(
+    rows: np.ndarray, exec_s: np.ndarray, switched: np.ndarray | bool, idle: np.ndarray | bool = False
+) -> np.ndarray:
+    """``REPLAY_FEATURES`` columns for feature ``rows`` (``FEATURE_COLUMNS`` order) with grid times ``exec_s``;
+    ``switched`` and ``idle`` (after idleness) flag steps, one per row or one for all."""
     prefill = rows[:, FEATURE_COLUMNS.index("num_prefill_seqs")] > 0
     sw = np.broadcast_to(np.asarray(switched, dtype=np.float64), exec_s.shape)
-    return np.column_stack([exec_s * ~prefill, exec_s * prefill, sw, rows[:, FEATURE_COLUMNS.index("num_seqs")]])
+    after_idle = np.broadcast_to(np.asarray(idle, dtype=np.float64), exec_s.shape)
+    num_seqs = rows[:, FEATURE_COLUMNS.index("num_seqs")]
+    return np.column_stack([exec_s * ~prefill, exec_s * prefill, sw, after_idle, num_seqs])
 
 
 def replay_frame(rows: pd.DataFrame, exec_s: np.ndarray) -> pd.DataFrame:
     """The replay rows of a profile as a ``REPLAY_FEATURES`` + ``period_s`` frame."""
-    x = correction_inputs(rows[list(FEATURE_COLUMNS)].to_numpy(np.float64), exec_s, rows["switched"].to_numpy(bool))
+    idle = rows["after_idle"].fillna(False).to_numpy(bool) if "after_idle" in rows else False
+    x = correction_inputs(rows[list(FEATURE_COLUMNS)].to_numpy(np.float64), exec_s, rows["switched"].to_numpy(bool),
+                          idle)  # fmt: skip
     frame = pd.DataFrame(x, columns=list(REPLAY_FEATURES))
     frame["period_s"] = rows["period_s"].to_numpy(np.float64)
     return frame
@@ -69,7 +80,8 @@ def replay_frame(rows: pd.DataFrame, exec_s: np.ndarray) -> pd.DataFrame:
 def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAULT_REPLAY,
                     log: Callable[[str], None] = print) -> pd.DataFrame:  # fmt: skip
     """Replay ``cal``'s workloads on a fresh engine for ``model``; one row per step that ran back to back with
-    the next: ``source="replay"``, ``run``, ``page_size``, ``FEATURE_COLUMNS``, ``switched``, ``period_s``."""
+    the next: ``source="replay"``, ``run``, ``page_size``, ``FEATURE_COLUMNS``, ``switched``, ``after_idle``,
+    ``period_s``."""
     from odrive.profiling.replay import replay, step_shapes, warm_up
     from odrive.vsurge.driver import vSurge
     from sim.workloads import Uniform, Workload, poisson_workload
@@ -93,13 +105,14 @@ def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAU
         runs.append(replay(surge, wl, seed=cal.seed + k).steps)
     frames = []
     for run, steps in enumerate(runs):
-        features, switched = step_shapes(steps, geometry)
+        features, switched, idle = step_shapes(steps, geometry)
         rows = [f.to_dict() for f in features]
         frame = pd.DataFrame(rows)
         frame.insert(0, "run", run)
         frame.insert(0, "page_size", page_size)
         frame.insert(0, "source", "replay")
         frame["switched"] = switched
+        frame["after_idle"] = idle
         frame["period_s"] = steps["period_s"].to_numpy()
         frames.append(frame.dropna(subset=["period_s"]))
     out = pd.concat(frames, ignore_index=True)

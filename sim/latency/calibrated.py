@@ -94,37 +94,42 @@ class CalibratedLatencyModel(LatencyModel):
         self.switch_penalty_s = self.fit.switch_penalty_s if switch_penalty else 0.0
 
     # --- core -------------------------------------------------------------------------------------
-    def time_of_rows(self, rows: np.ndarray, switched: np.ndarray | bool = False) -> np.ndarray:
+    def time_of_rows(
+        self, rows: np.ndarray, switched: np.ndarray | bool = False, idle: np.ndarray | bool = False
+    ) -> np.ndarray:
         """Seconds for feature rows (``FEATURE_COLUMNS`` order, shape ``[n, len(FEATURE_COLUMNS)]``); rows
         flagged ``switched`` (compiled shape differs from the previous step's, or the engine idled) pay the
-        switch cost."""
-        switched = np.asarray(switched, dtype=np.float64) if self.switch_penalty else 0.0
-        return self.speed * self.fit.predict_period(rows, switched, self.host_overhead)
+        switch cost, rows flagged ``idle`` (the engine idled; also ``switched``) the wake-up cost."""
+        if not self.switch_penalty:
+            switched = idle = 0.0
+        return self.speed * self.fit.predict_period(rows, switched, self.host_overhead, idle)
 
-    def time_of(self, features: StepFeatures, switched: bool = False) -> float:
+    def time_of(self, features: StepFeatures, switched: bool = False, idle: bool = False) -> float:
         row = np.array([[getattr(features, c) for c in FEATURE_COLUMNS]], dtype=np.float64)
-        return float(self.time_of_rows(row, switched)[0])
+        return float(self.time_of_rows(row, switched or idle, idle)[0])
 
     # --- exact path: per-sequence lengths ---------------------------------------------------------
     def step_time_chunks(
-        self, q_lens: list[int], kv_lens: list[int], geometry: EngineGeometry | None = None, switched: bool = False
-    ) -> float:
+        self, q_lens: list[int], kv_lens: list[int], geometry: EngineGeometry | None = None, switched: bool = False,
+        idle: bool = False,
+    ) -> float:  # fmt: skip
         """Seconds for a step computing ``q_lens[i]`` new tokens of a ``kv_lens[i]``-token context each."""
         if not q_lens:
             return 0.0
-        return self.time_of(step_features(q_lens, kv_lens, geometry or self.geometry), switched)
+        return self.time_of(step_features(q_lens, kv_lens, geometry or self.geometry), switched, idle)
 
     def decode_run_times_for(
-        self, kv_lens: list[int], num_steps: int, geometry: EngineGeometry | None = None, switched: bool = False
-    ) -> np.ndarray:
+        self, kv_lens: list[int], num_steps: int, geometry: EngineGeometry | None = None, switched: bool = False,
+        idle: bool = False,
+    ) -> np.ndarray:  # fmt: skip
         """``num_steps`` decode steps of sequences whose contexts (this step's token included) start at
-        ``kv_lens``; equals calling :meth:`step_time_chunks` step by step (only the first may be ``switched``:
-        the batch keeps its compiled shape)."""
+        ``kv_lens``; equals calling :meth:`step_time_chunks` step by step (only the first may be ``switched`` or
+        ``idle``: the batch keeps its compiled shape and the engine stays busy)."""
         if num_steps == 0:
             return np.zeros(0)
-        flags = np.zeros(num_steps)
-        flags[0] = switched
-        return self.time_of_rows(decode_run_features(kv_lens, num_steps, geometry or self.geometry), flags)
+        flags, wake = np.zeros(num_steps), np.zeros(num_steps)
+        flags[0], wake[0] = switched or idle, idle
+        return self.time_of_rows(decode_run_features(kv_lens, num_steps, geometry or self.geometry), flags, wake)
 
     # --- the BatchShape interface ------------------------------------------------------------------
     def shape_features(self, shape: BatchShape) -> StepFeatures:
@@ -239,12 +244,13 @@ class CalibratedSimExecutor(HostSwap, Executor):
     def _idle(self) -> bool:
         return self.clock is not None and self.clock() > self._busy_until + 1e-9
 
-    def _switched(self, features: StepFeatures) -> bool:
+    def _switched(self, features: StepFeatures) -> tuple[bool, bool]:
+        """(the compiled shape changed or the engine idled, the engine idled) for a step of ``features``."""
         shape = (features.padded_tokens, features.padded_seqs)
         switched, self._last_shape = shape != self._last_shape, shape
-        switched = switched or self._idled or self._idle()  # the engine was idle
+        idle = self._idled or self._idle()
         self._idled = False
-        return switched
+        return switched or idle, idle
 
     def _ran(self, seconds: float) -> None:
         if self.clock is not None:
@@ -263,14 +269,14 @@ class CalibratedSimExecutor(HostSwap, Executor):
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
         f = step_features([c.num_tokens for c in batch], [c.kv_len for c in batch], self.geometry)
-        duration = self.model.time_of(f, self._switched(f))
+        duration = self.model.time_of(f, *self._switched(f))
         self._ran(duration)
         return ExecuteResult(duration=duration)
 
     def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
         kv = [c.kv_len for c in batch]
-        switched = self._switched(step_features([1] * len(kv), kv, self.geometry))
-        durations = self.model.decode_run_times_for(kv, num_steps, self.geometry, switched)
+        switched, idle = self._switched(step_features([1] * len(kv), kv, self.geometry))
+        durations = self.model.decode_run_times_for(kv, num_steps, self.geometry, switched, idle)
         self._ran(float(durations.sum()))  # a run cut short by an arrival is followed by a step, not idleness
         return durations
 

@@ -410,7 +410,7 @@ def plot(v: Validation, path: Path) -> Path:
         ("tpot", "median_abs", "C2"),
         ("request_throughput", "value", "C3"),
     ):
-        for variant, style in (("raw", ":"), ("adjusted", "-"), ("run_speed", "--"), ("adjusted_vs_median", "-.")):
+        for variant, style in (("raw", ":"), ("adjusted", "-"), ("run_speed", "--"), ("raw_vs_median", "-.")):
             d = e[(e["metric"] == metric) & (e["statistic"] == stat) & (e["variant"] == variant)]
             d = d.groupby("load")["error_pct"].median()
             ax.plot(
@@ -427,7 +427,7 @@ def plot(v: Validation, path: Path) -> Path:
         xlabel="offered load (x simulated saturation)",
         ylabel="|error| % (per-request median; throughput: aggregate)",
         title="Poisson: sim vs real (solid: probe speed, dashed: run speed, dotted: raw profile,\n"
-        "dash-dot: probe speed vs the per-request median of the real runs)",
+        "dash-dot: raw profile vs the per-request median of the real runs)",
         yscale="log",
     )
     ax.legend(fontsize=8)

@@ -395,6 +395,24 @@ def write(v: Validation, out: Path) -> None:
     plot(v, out / "validate_sim.png")
 
 
+def load(out: Path) -> Validation:
+    """A validation ``write`` saved to ``out`` (to redraw its figure without rerunning it)."""
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    config = summary.get("config", {})
+    cfg = replace(SMALL, **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    frames = {name: _read_csv(out / f"{name}.csv")
+              for name in ("errors", "requests", "steps", "plans_real", "plans_sim", "plans_diff")}  # fmt: skip
+    return Validation(cfg, **frames, summary=summary)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # an empty frame (no plan differences) is written as a bare newline
+        return pd.DataFrame()
+
+
 def plot(v: Validation, path: Path) -> Path:
     import matplotlib
 
@@ -404,30 +422,30 @@ def plot(v: Validation, path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9), constrained_layout=True)
     e = v.errors.query("workload == 'poisson'")
     ax = axes[0, 0]
+    if (e["variant"] == "raw_vs_median").any():  # several real runs: judged against each request's median
+        variants = (("raw_vs_median", "-"), ("adjusted_vs_median", "--"), ("real_vs_median", ":"))
+        title = ("Poisson: sim vs the per-request median of the real runs\n(solid: profile as shipped, dashed: "
+                 "probe speed, dotted: one real run vs the others)")  # fmt: skip
+    else:
+        variants = (("raw", "-"), ("adjusted", "--"), ("run_speed", ":"))
+        title = "Poisson: sim vs real (solid: profile as shipped, dashed: probe speed, dotted: run speed)"
     for metric, stat, color in (
         ("e2e", "median_abs", "C0"),
         ("ttft", "median_abs", "C1"),
         ("tpot", "median_abs", "C2"),
         ("request_throughput", "value", "C3"),
     ):
-        for variant, style in (("raw", ":"), ("adjusted", "-"), ("run_speed", "--"), ("raw_vs_median", "-.")):
+        for variant, style in variants:
             d = e[(e["metric"] == metric) & (e["statistic"] == stat) & (e["variant"] == variant)]
             d = d.groupby("load")["error_pct"].median()
-            ax.plot(
-                d.index,
-                d.abs().clip(lower=0.1).values,
-                style,
-                color=color,
-                marker="o",
-                label=f"{metric} ({variant})" if variant == "adjusted" else None,
-            )
+            ax.plot(d.index, d.abs().clip(lower=0.1).values, style, color=color, marker="o",
+                    label=metric if variant == variants[0][0] else None)  # fmt: skip
     ax.axhline(5, color="k", lw=0.8, ls="--")
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.set(
         xlabel="offered load (x simulated saturation)",
         ylabel="|error| % (per-request median; throughput: aggregate)",
-        title="Poisson: sim vs real (solid: probe speed, dashed: run speed, dotted: raw profile,\n"
-        "dash-dot: raw profile vs the per-request median of the real runs)",
+        title=title,
         yscale="log",
     )
     ax.legend(fontsize=8)
@@ -462,7 +480,7 @@ def plot(v: Validation, path: Path) -> Path:
     pr, ps = v.plans_real, v.plans_sim
     ax.plot(pr["step"], pr["pages_used"], lw=2, label="real")
     ax.plot(ps["step"], ps["pages_used"], "--", lw=1.2, label="sim (stepped)")
-    pre = pr[pr["preempted"].fillna("").astype(str) != ""]
+    pre = pr[pr["preempted"].astype("string").fillna("") != ""]
     ax.scatter(pre["step"], pre["pages_used"], color="red", s=12, zorder=3, label="preemption")
     ax.set(
         xlabel="step",
@@ -487,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-probe", action="store_true", help="skip the speed probe (adjusted = raw)")
     p.add_argument("--repeats", type=int, default=None, help="real runs per workload (default: 1, --full: 3)")
+    p.add_argument("--replot", action="store_true", help="redraw OUT's figure from its saved tables; run nothing")
     p.add_argument(
         "--pin",
         choices=("profile", "yes", "no"),
@@ -494,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         help="XLA compute and the engine loop on separate cores (default: as the profile was measured)",
     )
     args = p.parse_args(argv)
+    if args.replot:
+        print(f"wrote {plot(load(args.out), args.out / 'validate_sim.png')}")
+        return 0
     pin_as = Profile.load(args.profile).meta.get("host", {}).get("pinning")
     if args.pin == "yes" or (args.pin == "profile" and pin_as):
         cores = [set(pin_as["compute_cores"]), set(pin_as["host_cores"])] if pin_as else []

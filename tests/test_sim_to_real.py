@@ -72,3 +72,15 @@ def test_open_workload_errors_are_bounded(validation: Validation) -> None:
     assert validation.summary["step_period_error_pct"]["median_abs"] < STEP_PERIOD_MEDIAN_ABS
     r = validation.requests
     assert len(r) and r["e2e_real"].notna().all() and r["e2e_sim"].notna().all()
+
+
+def test_a_saved_validation_loads_back_and_replots(validation: Validation, tmp_path) -> None:
+    from experiments.validate_sim import load, main, write
+
+    write(validation, tmp_path)
+    back = load(tmp_path)
+    assert back.config == validation.config
+    assert back.errors.shape == validation.errors.shape and back.plans_real.shape == validation.plans_real.shape
+    (tmp_path / "validate_sim.png").unlink()
+    assert main(["--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "validate_sim.png").stat().st_size > 0

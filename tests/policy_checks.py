@@ -76,10 +76,15 @@ def simulate(config: SimConfig, workload: Workload, *, fast_forward: bool = True
     recorder = RecordingSimExecutor(base, sim.engine.scheduler, fast_forward)
     sim.engine.executor = recorder
     result = sim.run()
-    df = result.requests.copy()
-    df["index"] = df["request_id"].str[1:].astype(int)
-    df = df.set_index("index").sort_index()
+    df = by_position(result.requests)
     return Run(config, workload, df, result.steps, result.summary, sim.engine, recorder.batches, recorder.idle_decodes)
+
+
+def by_position(requests: pd.DataFrame) -> pd.DataFrame:
+    """The request frame indexed by workload position (request ``r{i}`` is row ``i``)."""
+    df = requests.copy()
+    df["index"] = df["request_id"].str[1:].astype(int)
+    return df.set_index("index").sort_index()
 
 
 @st.composite
@@ -92,10 +97,11 @@ def scenarios(
     preemption_mode: str | None = None,
     chunked: bool = True,
     scheduler_kwargs: st.SearchStrategy | None = None,
+    max_requests: int = 30,
 ) -> tuple[SimConfig, Workload]:
-    """A random config for ``scheduler`` and a random workload (5-30 requests, bursts and gaps)."""
+    """A random config for ``scheduler`` and a random workload (5 to ``max_requests`` requests, bursts and gaps)."""
     page_size = draw(st.sampled_from([1, 4, 16]))
-    n = draw(st.integers(5, 30))
+    n = draw(st.integers(5, max_requests))
     gap = st.one_of(st.just(0.0), st.floats(0.0, 0.05, allow_nan=False), st.sampled_from([0.01, 0.02]))
     gaps = draw(st.lists(gap, min_size=n, max_size=n))
     prompts = draw(st.lists(st.integers(1, 96), min_size=n, max_size=n))
@@ -162,10 +168,9 @@ def assert_terminates(run: Run) -> None:
         assert stats.pages_out == 0
 
 
-def assert_within_limits(run: Run) -> None:
-    cfg = run.config
+def assert_step_rows_within_limits(cfg: SimConfig, steps: pd.DataFrame) -> None:
+    """The step table respects the config's concurrency, token-budget and page limits; steps never overlap."""
     sched_cfg = cfg.scheduler_config()
-    steps = run.steps
     usable = cfg.num_pages - 1  # type: ignore[operator]
     assert (steps["num_prefill_seqs"] <= cfg.max_concurrent_prefill).all()
     assert (steps["num_running"] <= cfg.max_concurrent_decodes).all()
@@ -174,6 +179,12 @@ def assert_within_limits(run: Run) -> None:
     assert (steps["duration"] > 0).all()
     times = steps["time"].to_numpy()
     assert (times[1:] >= times[:-1] + steps["duration"].to_numpy()[:-1] - 1e-12).all(), "steps overlap"
+
+
+def assert_within_limits(run: Run) -> None:
+    cfg = run.config
+    sched_cfg = cfg.scheduler_config()
+    assert_step_rows_within_limits(cfg, run.steps)
     for batch in run.batches:
         assert sum(n for _, _, n, _ in batch) <= sched_cfg.token_budget
         assert sum(p for *_, p in batch) <= cfg.max_concurrent_prefill

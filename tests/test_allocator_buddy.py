@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from allocator_checks import AllocatorMachine, allocate_rule, grow_rule, machine_settings, pages_for
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant
 
 from odrive.allocators import ALLOCATORS, BuddyAllocator, PageAllocator, make_allocator
 from odrive.allocators.buddy import binary_orders
 from odrive.errors import ConfigError
-
-REQUEST_IDS = ("a", "b", "c", "d", "e")
-
-
-def pages_for(num_tokens: int, page_size: int) -> int:
-    return -(-num_tokens // page_size)
 
 
 def next_pow2(n: int) -> int:
@@ -32,8 +27,10 @@ def initial_blocks(num_pages: int) -> list[tuple[int, int]]:
     return blocks
 
 
-class BuddyMachine(RuleBasedStateMachine):
+class BuddyMachine(AllocatorMachine):
     """Allocate / grow / free; checks each growth against the documented block-size policy."""
+
+    free_ids_sorted = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,10 +43,8 @@ class BuddyMachine(RuleBasedStateMachine):
         assert isinstance(a, BuddyAllocator)
         self.alloc, self.tokens = a, {}
 
-    def snapshot(self) -> tuple:
-        a = self.alloc
-        return ({r: list(t) for r, t in a.owners().items()}, a.free_page_ids(), a.free_blocks(),
-                {r: a.num_tokens(r) for r in REQUEST_IDS}, a.stats())  # fmt: skip
+    def free_layout(self) -> object:
+        return self.alloc.free_blocks()
 
     def do_allocate(self, rid: str, num_tokens: int) -> None:
         a = self.alloc
@@ -80,28 +75,8 @@ class BuddyMachine(RuleBasedStateMachine):
             assert len(new) >= short
         self.tokens[rid] = num_tokens
 
-    @rule(rid=st.sampled_from(REQUEST_IDS), frac=st.floats(0.0, 1.2))
-    def allocate(self, rid: str, frac: float) -> None:
-        self.do_allocate(rid, int(frac * self.alloc.num_usable_pages * self.alloc.page_size))
-
-    @precondition(lambda self: bool(self.tokens))
-    @rule(data=st.data(), extra=st.integers(0, 7))
-    def grow(self, data: st.DataObject, extra: int) -> None:
-        rid = data.draw(st.sampled_from(sorted(self.tokens)))
-        self.do_allocate(rid, self.tokens[rid] + extra)
-
-    @rule(rid=st.sampled_from(REQUEST_IDS))
-    def free(self, rid: str) -> None:
-        a = self.alloc
-        table, free_before = list(a.page_table(rid)), a.free_page_ids()
-        a.free(rid)
-        assert rid not in a.owners() and a.num_tokens(rid) == 0
-        assert a.free_page_ids() == sorted(free_before + table)
-        self.tokens.pop(rid, None)
-
-    @invariant()
-    def checks_pass(self) -> None:
-        self.alloc.check_invariants()
+    allocate = allocate_rule(max_fraction=1.2)
+    grow = grow_rule(max_extra=7)
 
     @invariant()
     def stats_consistent(self) -> None:
@@ -114,18 +89,13 @@ class BuddyMachine(RuleBasedStateMachine):
         for rid, table in a.owners().items():
             assert sum(1 << k for _, k in a.blocks_of(rid)) == len(table) >= pages_for(self.tokens[rid], a.page_size)
 
-    def teardown(self) -> None:
+    def assert_all_free(self) -> None:
         a = self.alloc
-        for rid in list(a.owners()):
-            a.free(rid)
         assert a.free_blocks() == initial_blocks(a.num_pages), "freeing everything must merge every buddy back"
-        a.check_invariants()
 
 
 TestBuddyStateMachine = BuddyMachine.TestCase
-TestBuddyStateMachine.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+TestBuddyStateMachine.settings = machine_settings(max_examples=150)
 
 
 # --- examples -------------------------------------------------------------------------------------

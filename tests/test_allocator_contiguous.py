@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from allocator_checks import REQUEST_IDS, AllocatorMachine, allocate_rule, grow_rule, machine_settings, pages_for
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant, rule
 
 from odrive.allocators import ALLOCATORS, ContiguousAllocator, PageAllocator, make_allocator
 from odrive.errors import ConfigError
@@ -17,12 +17,7 @@ from sim.config import SimConfig
 from sim.simulator import SimResult, Simulator
 from sim.workloads import Workload, load_trace
 
-REQUEST_IDS = ("a", "b", "c", "d", "e")
 TRACE = Path(__file__).resolve().parents[1] / "data" / "traces" / "azure_conv_2023.csv"
-
-
-def pages_for(num_tokens: int, page_size: int) -> int:
-    return -(-num_tokens // page_size)
 
 
 def first_fit(free: set[int], length: int, num_pages: int) -> int | None:
@@ -35,7 +30,7 @@ def first_fit(free: set[int], length: int, num_pages: int) -> int | None:
     return None
 
 
-class ContiguousMachine(RuleBasedStateMachine):
+class ContiguousMachine(AllocatorMachine):
     """Allocate / grow / hint / free against a model of reservations (start, length) and a free set."""
 
     def __init__(self) -> None:
@@ -58,10 +53,11 @@ class ContiguousMachine(RuleBasedStateMachine):
         assert isinstance(a, ContiguousAllocator)
         self.alloc, self.tokens, self.hints = a, {}, {}
 
-    def snapshot(self) -> tuple:
-        a = self.alloc
-        return ({r: list(t) for r, t in a.owners().items()}, a.free_page_ids(), a.free_runs(),
-                {r: a.num_tokens(r) for r in REQUEST_IDS}, a.stats())  # fmt: skip
+    def free_layout(self) -> object:
+        return self.alloc.free_runs()
+
+    def forget(self, rid: str) -> None:
+        self.hints.pop(rid, None)
 
     def expected_reservation(self, rid: str, num_tokens: int) -> int:
         a = self.alloc
@@ -98,34 +94,13 @@ class ContiguousMachine(RuleBasedStateMachine):
         assert a.num_tokens(rid) == num_tokens
         self.tokens[rid] = num_tokens
 
-    @rule(rid=st.sampled_from(REQUEST_IDS), frac=st.floats(0.0, 1.3))
-    def allocate(self, rid: str, frac: float) -> None:
-        self.do_allocate(rid, int(frac * self.alloc.num_usable_pages * self.alloc.page_size))
-
-    @precondition(lambda self: bool(self.tokens))
-    @rule(data=st.data(), extra=st.integers(0, 9))
-    def grow(self, data: st.DataObject, extra: int) -> None:
-        rid = data.draw(st.sampled_from(sorted(self.tokens)))
-        self.do_allocate(rid, self.tokens[rid] + extra)
+    allocate = allocate_rule(max_fraction=1.3)
+    grow = grow_rule(max_extra=9)
 
     @rule(rid=st.sampled_from(REQUEST_IDS), final=st.integers(1, 60))
     def hint(self, rid: str, final: int) -> None:
         self.alloc.reserve_hint(rid, final)
         self.hints[rid] = final
-
-    @rule(rid=st.sampled_from(REQUEST_IDS))
-    def free(self, rid: str) -> None:
-        a = self.alloc
-        table, free_before = list(a.page_table(rid)), a.free_page_ids()
-        a.free(rid)
-        assert rid not in a.owners() and a.num_tokens(rid) == 0
-        assert sorted(a.free_page_ids()) == sorted(free_before + table)
-        self.tokens.pop(rid, None)
-        self.hints.pop(rid, None)
-
-    @invariant()
-    def checks_pass(self) -> None:
-        self.alloc.check_invariants()
 
     @invariant()
     def stats_consistent(self) -> None:
@@ -141,18 +116,13 @@ class ContiguousMachine(RuleBasedStateMachine):
         assert 0.0 <= a.external_fragmentation <= 1.0
         assert sorted(free) == free and len(free) == a.num_free_pages
 
-    def teardown(self) -> None:
+    def assert_all_free(self) -> None:
         a = self.alloc
-        for rid in list(a.owners()):
-            a.free(rid)
         assert a.free_runs() == [(1, a.num_usable_pages)], "freeing everything must leave one coalesced run"
-        a.check_invariants()
 
 
 TestContiguousStateMachine = ContiguousMachine.TestCase
-TestContiguousStateMachine.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+TestContiguousStateMachine.settings = machine_settings(max_examples=150)
 
 
 # --- examples -------------------------------------------------------------------------------------

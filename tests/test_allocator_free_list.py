@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, settings
+from allocator_checks import REQUEST_IDS, AllocatorMachine, allocate_rule, grow_rule, machine_settings, pages_for
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant, rule
 
 from odrive.allocators import (
     ALLOCATORS,
@@ -17,14 +17,8 @@ from odrive.allocators import (
 )
 from odrive.errors import ConfigError
 
-REQUEST_IDS = ("a", "b", "c", "d", "e")
 
-
-def pages_for(num_tokens: int, page_size: int) -> int:
-    return -(-num_tokens // page_size)
-
-
-class AllocatorMachine(RuleBasedStateMachine):
+class FreeListMachine(AllocatorMachine):
     """Drives one allocator with allocate / grow / free and checks it against a plain model.
 
     The model is ``request_id -> tokens``; a request's page count follows from it. Pages are
@@ -44,12 +38,6 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.tokens = {}
 
     # --- helpers ------------------------------------------------------------------------------------
-    def snapshot(self) -> tuple[dict[str, list[int]], list[int], dict[str, int], object]:
-        a = self.alloc
-        owners = {rid: list(t) for rid, t in a.owners().items()}
-        tokens = {rid: a.num_tokens(rid) for rid in REQUEST_IDS}
-        return owners, a.free_page_ids(), tokens, a.stats()
-
     def do_allocate(self, rid: str, num_tokens: int) -> None:
         a = self.alloc
         before = self.snapshot()
@@ -74,45 +62,19 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.tokens[rid] = num_tokens
 
     # --- rules --------------------------------------------------------------------------------------
-    @rule(rid=st.sampled_from(REQUEST_IDS), frac=st.floats(0.0, 1.3))
-    def allocate(self, rid: str, frac: float) -> None:
-        """Any size, including 0 and more than the whole pool."""
-        capacity = self.alloc.num_usable_pages * self.alloc.page_size
-        self.do_allocate(rid, int(frac * capacity))
-
-    @precondition(lambda self: bool(self.tokens))
-    @rule(data=st.data(), extra=st.integers(0, 9))
-    def grow(self, data: st.DataObject, extra: int) -> None:
-        rid = data.draw(st.sampled_from(sorted(self.tokens)))
-        self.do_allocate(rid, self.tokens[rid] + extra)
-
-    @rule(rid=st.sampled_from(REQUEST_IDS))
-    def free(self, rid: str) -> None:
-        a = self.alloc
-        table = list(a.page_table(rid))
-        free_before = a.free_page_ids()
-        a.free(rid)
-        assert a.page_table(rid) == []
-        assert a.num_tokens(rid) == 0
-        assert rid not in a.owners()
-        assert sorted(a.free_page_ids()) == sorted(free_before + table)
-        self.tokens.pop(rid, None)
+    allocate = allocate_rule(max_fraction=1.3)  # any size, including 0 and more than the whole pool
+    grow = grow_rule(max_extra=9)
 
     @rule()
     def free_everything(self) -> None:
         a = self.alloc
-        for rid in list(a.owners()):
-            a.free(rid)
+        self.free_all()
         self.tokens.clear()
-        assert sorted(a.free_page_ids()) == list(range(1, a.num_pages))
+        self.assert_all_free()
         assert a.num_free_pages == a.num_usable_pages
         assert a.stats().used_pages == 0 and a.stats().used_slots == 0
 
     # --- invariants ---------------------------------------------------------------------------------
-    @invariant()
-    def allocator_checks_pass(self) -> None:
-        self.alloc.check_invariants()
-
     @invariant()
     def pages_owned_once_never_null(self) -> None:
         a = self.alloc
@@ -154,22 +116,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         # The subclass's fast path agrees with the interface's generic computation.
         assert PageAllocator.stats(a) == s
 
-    def teardown(self) -> None:
-        a = self.alloc
-        for rid in list(a.owners()):
-            a.free(rid)
-        assert sorted(a.free_page_ids()) == list(range(1, a.num_pages)), "freeing everything lost a page"
-        a.check_invariants()
 
-
-class LifoAllocatorMachine(AllocatorMachine):
+class LifoAllocatorMachine(FreeListMachine):
     allocator_name = "free-list-lifo"
 
 
-_machine_settings = settings(
-    max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-TestFifoAllocatorStateMachine = AllocatorMachine.TestCase
+_machine_settings = machine_settings(max_examples=100)
+TestFifoAllocatorStateMachine = FreeListMachine.TestCase
 TestFifoAllocatorStateMachine.settings = _machine_settings
 TestLifoAllocatorStateMachine = LifoAllocatorMachine.TestCase
 TestLifoAllocatorStateMachine.settings = _machine_settings

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import export
+from kernel_inputs import build_batch, check_against_dense
 
 from kernels import ragged_paged_attention_pallas
 from kernels.pallas_attention import pallas_supports
-from kernels.testing import PagedBatch, make_paged_batch
+from kernels.testing import PagedBatch
 
 MAX_CONTEXT, NUM_TOKENS, MAX_SEQS = 24, 24, 4
 GQA = (4, 2, 16)  # (q heads, kv heads, head dim)
@@ -27,30 +28,11 @@ pallas_interpret = functools.partial(ragged_paged_attention_pallas, interpret=Tr
 sequences = st.tuples(st.integers(0, 12), st.one_of(st.just(1), st.integers(2, 8)))
 
 
-def build(
-    seqs: list[tuple[int, int]], page_size: int, head_shape: tuple[int, int, int], seed: int = 0, **kw: object
-) -> PagedBatch:
-    num_q_heads, kv_heads, head_dim = head_shape
-    return make_paged_batch(
-        np.random.default_rng(seed),
-        prior_lens=[prior for prior, _ in seqs],
-        q_lens=[new for _, new in seqs],
-        page_size=page_size,
-        num_q_heads=num_q_heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        num_tokens=NUM_TOKENS,
-        max_seqs=MAX_SEQS,
-        pages_per_seq=-(-MAX_CONTEXT // page_size),
-        **kw,
-    )
+build = functools.partial(build_batch, max_context=MAX_CONTEXT, num_tokens=NUM_TOKENS, max_seqs=MAX_SEQS)
 
 
 def check(batch: PagedBatch, atol: float = 2e-5) -> None:
-    out = pallas_interpret(*batch.args())
-    assert out.shape == batch.q.shape and out.dtype == batch.q.dtype
-    expected = batch.expected(pad_to=MAX_CONTEXT)
-    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=atol, rtol=atol)
+    check_against_dense(pallas_interpret, batch, max_context=MAX_CONTEXT, atol=atol)
 
 
 @settings(max_examples=12, deadline=None)

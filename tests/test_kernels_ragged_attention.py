@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_inputs import build_batch, check_against_dense
 
 from kernels import (
     dense_causal_attention,
@@ -23,7 +24,6 @@ from kernels import (
     ragged_paged_attention_blocked,
     ragged_paged_attention_reference,
 )
-from kernels.testing import PagedBatch, make_paged_batch
 
 MAX_CONTEXT, NUM_TOKENS, MAX_SEQS = 40, 64, 5
 GQA = (4, 2, 16)  # (q heads, kv heads, head dim)
@@ -41,42 +41,8 @@ IMPLS: dict[str, Callable[..., jax.Array]] = {
 sequences = st.tuples(st.integers(0, 24), st.one_of(st.just(1), st.integers(2, 16)))
 
 
-def build(
-    seqs: list[tuple[int, int]],
-    page_size: int,
-    head_shape: tuple[int, int, int],
-    seed: int = 0,
-    *,
-    num_tokens: int = NUM_TOKENS,
-    max_seqs: int = MAX_SEQS,
-    dtype: jnp.dtype = jnp.float32,
-) -> PagedBatch:
-    num_q_heads, kv_heads, head_dim = head_shape
-    return make_paged_batch(
-        np.random.default_rng(seed),
-        prior_lens=[prior for prior, _ in seqs],
-        q_lens=[new for _, new in seqs],
-        page_size=page_size,
-        num_q_heads=num_q_heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        num_tokens=num_tokens,
-        max_seqs=max_seqs,
-        pages_per_seq=-(-MAX_CONTEXT // page_size),
-        dtype=dtype,
-    )
-
-
-def check(
-    impl: Callable[..., jax.Array], batch: PagedBatch, *, atol: float = 2e-5, sm_scale: float | None = None
-) -> None:
-    out = impl(*batch.args(), sm_scale=sm_scale)
-    assert out.shape == batch.q.shape and out.dtype == batch.q.dtype
-    out = np.asarray(out, np.float32)
-    assert np.isfinite(out).all()
-    np.testing.assert_allclose(
-        out, batch.expected(sm_scale=sm_scale, pad_to=MAX_CONTEXT), atol=atol, rtol=atol
-    )
+build = functools.partial(build_batch, max_context=MAX_CONTEXT, num_tokens=NUM_TOKENS, max_seqs=MAX_SEQS)
+check = functools.partial(check_against_dense, max_context=MAX_CONTEXT)
 
 
 @pytest.mark.parametrize("name", list(IMPLS))

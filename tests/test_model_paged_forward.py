@@ -6,6 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from paged_inputs import (
+    NUM_PAGES,
+    PAGE_SIZE,
+    PROMPTS,
+    PagedBatcher,
+    greedy_chunked_run,
+)
 
 from odrive.models import (
     LlamaConfig,
@@ -26,71 +33,13 @@ CONFIG = LlamaConfig(
     num_key_value_heads=2,
     rope_theta=10000.0,
 )
-PAGE_SIZE = 4
-NUM_PAGES = 24  # per layer, incl. null page 0
-PAGES_PER_SEQ = 8  # 32 tokens per sequence
-MAX_SEQS = 4
-NUM_TOKENS = 16  # padded rows per step
 DENSE_LEN = 32  # dense oracle bucket
 ATOL = 1e-4
-
-PROMPTS = {
-    "a": [1, 17, 5, 99, 23, 64, 8, 8, 41, 77, 3, 120, 56],  # 13 tokens
-    "b": [1, 42, 42, 7, 90, 31, 12, 100, 66],  # 9 tokens
-}
 
 
 @pytest.fixture(scope="module")
 def params():
     return init_params(CONFIG, jax.random.key(0))
-
-
-class PagedBatcher:
-    """Test-side mini scheduler: per-sequence page tables drawn from a shuffled free list."""
-
-    def __init__(self, seed: int) -> None:
-        self.free = [int(p) for p in np.random.default_rng(seed).permutation(np.arange(1, NUM_PAGES))]
-        self.tables: dict[str, list[int]] = {}
-        self.lens: dict[str, int] = {}
-
-    def build(self, chunks: list[tuple[str, list[int]]]) -> dict[str, jax.Array]:
-        """Arrays for one step scheduling ``chunks`` (seq id, new tokens) in order."""
-        token_ids = np.zeros(NUM_TOKENS, np.int32)
-        positions = np.zeros(NUM_TOKENS, np.int32)
-        slots = np.zeros(NUM_TOKENS, np.int32)  # padding rows write into null page 0
-        kv_lens = np.zeros(MAX_SEQS, np.int32)
-        page_indices = np.zeros((MAX_SEQS, PAGES_PER_SEQ), np.int32)
-        cu_q_lens = np.zeros(MAX_SEQS + 1, np.int32)
-        logits_indices = np.zeros(MAX_SEQS, np.int32)
-        row = 0
-        for s, (sid, tokens) in enumerate(chunks):
-            table = self.tables.setdefault(sid, [])
-            start = self.lens.get(sid, 0)
-            end = start + len(tokens)
-            while len(table) * PAGE_SIZE < end:
-                table.append(self.free.pop())
-            for i, pos in enumerate(range(start, end)):
-                token_ids[row + i] = tokens[i]
-                positions[row + i] = pos
-                slots[row + i] = table[pos // PAGE_SIZE] * PAGE_SIZE + pos % PAGE_SIZE
-            row += len(tokens)
-            self.lens[sid] = end
-            kv_lens[s] = end
-            page_indices[s, : len(table)] = table
-            cu_q_lens[s + 1] = row
-            logits_indices[s] = row - 1
-        cu_q_lens[len(chunks) + 1 :] = row
-        assert row <= NUM_TOKENS
-        return {
-            "token_ids": jnp.asarray(token_ids),
-            "positions": jnp.asarray(positions),
-            "slot_mapping": jnp.asarray(slots),
-            "kv_lens": jnp.asarray(kv_lens),
-            "page_indices": jnp.asarray(page_indices),
-            "cu_q_lens": jnp.asarray(cu_q_lens),
-            "num_seqs": jnp.int32(len(chunks)),
-            "logits_indices": jnp.asarray(logits_indices),
-        }
 
 
 def dense_last_logits(params, tokens: list[int]) -> np.ndarray:
@@ -108,28 +57,16 @@ def run_paged(params, chunk_plan: dict[str, list[int]], num_new: int, seed: int 
     forward = make_paged_forward(CONFIG)
     kv = allocate_kv_caches(CONFIG, NUM_PAGES, PAGE_SIZE, jnp.float32)
     batcher = PagedBatcher(seed)
-    pending = {sid: list(sizes) for sid, sizes in chunk_plan.items()}
-    sequences = {sid: [] for sid in chunk_plan}  # tokens fed so far
-    generated: dict[str, list[int]] = {sid: [] for sid in chunk_plan}
-    while any(len(g) < num_new for g in generated.values()):
-        chunks = []
-        for sid in chunk_plan:
-            if len(generated[sid]) >= num_new:
-                continue
-            if pending[sid]:
-                start = len(sequences[sid])
-                chunks.append((sid, PROMPTS[sid][start : start + pending[sid].pop(0)]))
-            else:
-                chunks.append((sid, [generated[sid][-1]]))
-        logits, kv = forward(params, kv_caches=kv, **batcher.build(chunks))
-        logits = np.asarray(logits)
-        for s, (sid, tokens) in enumerate(chunks):
-            sequences[sid] += tokens
-            if len(sequences[sid]) < len(PROMPTS[sid]):
-                continue  # mid-prefill chunk: its logits are not sampled, but must still be right
-            expected = dense_last_logits(params, sequences[sid])
-            np.testing.assert_allclose(logits[s], expected, atol=ATOL, rtol=0)
-            generated[sid].append(int(np.argmax(logits[s])))
+
+    def step(chunks):
+        nonlocal kv
+        logits, kv = forward(params, kv_caches=kv, **batcher.build_jax(chunks))
+        return logits
+
+    def check(sid, tokens, logits_row):
+        np.testing.assert_allclose(logits_row, dense_last_logits(params, tokens), atol=ATOL, rtol=0)
+
+    generated = greedy_chunked_run(step, chunk_plan, num_new, check)
     return generated, kv, batcher
 
 
@@ -155,7 +92,7 @@ def test_mid_prefill_chunk_logits_match_dense(params):
     batcher = PagedBatcher(seed=3)
     prompt = PROMPTS["a"]
     for lo, hi in [(0, 3), (3, 10), (10, 13)]:
-        logits, kv = forward(params, kv_caches=kv, **batcher.build([("a", prompt[lo:hi])]))
+        logits, kv = forward(params, kv_caches=kv, **batcher.build_jax([("a", prompt[lo:hi])]))
         np.testing.assert_allclose(np.asarray(logits)[0], dense_last_logits(params, prompt[:hi]), atol=ATOL)
 
 
@@ -175,7 +112,7 @@ def test_cache_layout_and_null_page(params):
 
 def test_kv_caches_are_donated(params):
     kv = allocate_kv_caches(CONFIG, NUM_PAGES, PAGE_SIZE, jnp.float32)
-    _, new_kv = make_paged_forward(CONFIG)(params, kv_caches=kv, **PagedBatcher(0).build([("a", [1, 2])]))
+    _, new_kv = make_paged_forward(CONFIG)(params, kv_caches=kv, **PagedBatcher(0).build_jax([("a", [1, 2])]))
     assert all(c.is_deleted() for c in kv)
     assert not any(c.is_deleted() for c in new_kv)
 
@@ -185,6 +122,6 @@ def test_bfloat16_params_and_cache(params):
     bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     kv = allocate_kv_caches(CONFIG, NUM_PAGES, PAGE_SIZE, jnp.bfloat16)
     prompt = PROMPTS["a"]
-    logits, kv = make_paged_forward(CONFIG)(bf16, kv_caches=kv, **PagedBatcher(5).build([("a", prompt)]))
+    logits, kv = make_paged_forward(CONFIG)(bf16, kv_caches=kv, **PagedBatcher(5).build_jax([("a", prompt)]))
     assert logits.dtype == jnp.float32 and kv[0].dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(logits)[0], dense_last_logits(params, prompt), atol=1e-2)

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_checks import assert_step_rows_within_limits, by_position, pages_for
+from policy_checks import scenarios as policy_scenarios
 
 from odrive.allocators import make_allocator
 from odrive.engine import Engine
@@ -21,10 +23,6 @@ from sim.simulator import Simulator
 from sim.workloads import Workload
 
 PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def pages_for(num_tokens: int, page_size: int) -> int:
-    return -(-num_tokens // page_size)
 
 
 @dataclass
@@ -43,62 +41,27 @@ def simulate(config: SimConfig, workload: Workload) -> Run:
 
 
 def by_id(run: Run) -> pd.DataFrame:
-    """The request frame indexed by workload position (request ``r{i}`` is row ``i``)."""
-    df = run.requests.copy()
-    df["index"] = df["request_id"].str[1:].astype(int)
-    return df.set_index("index").sort_index()
+    return by_position(run.requests)
 
 
-@st.composite
-def scenarios(draw: st.DrawFn, ample_pages: bool = False) -> tuple[SimConfig, Workload]:
-    page_size = draw(st.sampled_from([1, 4, 16]))
-    n = draw(st.integers(5, 40))
-    gap = st.one_of(st.just(0.0), st.floats(0.0, 0.05, allow_nan=False), st.sampled_from([0.01, 0.02]))
-    gaps = draw(st.lists(gap, min_size=n, max_size=n))
-    prompts = draw(st.lists(st.integers(1, 96), min_size=n, max_size=n))
-    outputs = draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
-    if ample_pages:
-        max_prefill_length = max(prompts)
-        num_pages = 1 + sum(pages_for(p + o, page_size) for p, o in zip(prompts, outputs, strict=True))
-    else:
-        max_prefill_length = draw(st.integers(8, 96))
-        pool_tokens = draw(st.integers(16, 240))
-        num_pages = 1 + pages_for(pool_tokens, page_size)
-    budget = draw(st.one_of(st.none(), st.integers(1, 200)))
-    config = SimConfig(
-        page_size=page_size,
-        num_pages=num_pages,
-        allocator=draw(st.sampled_from(["free-list", "free-list-lifo"])),
-        max_prefill_length=max_prefill_length,
-        max_concurrent_prefill=draw(st.integers(1, 4)),
-        max_concurrent_decodes=draw(st.integers(1, 16)),
-        max_num_batched_tokens=budget,
-        check_invariants=True,
-    )
-    workload = Workload(np.cumsum(gaps), np.array(prompts), np.array(outputs))
-    return config, workload
+def scenarios(ample_pages: bool = False) -> st.SearchStrategy[tuple[SimConfig, Workload]]:
+    """A random FCFS config (no chunk_size, recompute preemption) and workload (5-40 requests)."""
+    return policy_scenarios("fcfs", ample_pages=ample_pages, preemption_mode="recompute", chunked=False,
+                            max_requests=40)  # fmt: skip
 
 
 def assert_steps_within_limits(run: Run) -> None:
-    cfg = run.config
-    sched_cfg = cfg.scheduler_config()
-    steps = run.steps
+    """The shared step-table limits, and FCFS's stricter ones."""
+    cfg, steps = run.config, run.steps
+    assert_step_rows_within_limits(cfg, steps)
     usable = cfg.num_pages - 1  # type: ignore[operator]
-    assert (steps["num_prefill_seqs"] <= cfg.max_concurrent_prefill).all()
-    assert (steps["num_running"] <= cfg.max_concurrent_decodes).all()
-    assert (steps["num_prefill_tokens"] + steps["num_decode_seqs"] <= sched_cfg.token_budget).all()
     assert (steps["num_prefill_tokens"] <= steps["num_prefill_seqs"] * cfg.max_prefill_length).all()
     assert (steps["pages_used"] <= steps["pages_used_max"] + 1e-9).all()
-    assert (steps["pages_used_max"] <= usable).all()
     assert np.allclose(steps["pages_used"] + steps["pages_free"], usable)
     assert (steps["used_slots"] <= steps["allocated_slots"]).all()
     assert (steps["num_steps"] >= 1).all()
     # A fast-forwarded run is decode-only.
     assert (steps.loc[steps["num_steps"] > 1, "num_prefill_seqs"] == 0).all()
-    assert (steps["duration"] > 0).all()
-    times = steps["time"].to_numpy()
-    ends = times + steps["duration"].to_numpy()
-    assert (times[1:] >= ends[:-1] - 1e-12).all(), "steps overlap"
 
 
 def assert_all_pages_free(run: Run) -> None:

@@ -16,6 +16,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from server_fixtures import serving_fixtures  # noqa: E402
 
 import odrive  # noqa: E402
 from odrive.sampling_params import SamplingParams  # noqa: E402
@@ -25,20 +26,7 @@ MODEL = "tiny-llama"
 PROMPT = "The engine keeps a pool"
 
 
-@pytest.fixture(scope="module")
-def surge(tiny_checkpoint):
-    s = odrive.vSurge.create_odriver(
-        model=tiny_checkpoint, processor=tiny_checkpoint, max_prefill_length=64, page_size=4,
-        hbm_utilization=0.001, max_concurrent_prefill=2, max_concurrent_decodes=8, seed=877, vsurge_name="api",
-    )  # fmt: skip
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def server(surge):
-    with BackgroundServer(create_app(surge, MODEL)) as srv:
-        yield srv
+surge, server = serving_fixtures(MODEL, "api")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-import odrive  # noqa: E402
+from server_fixtures import serving_fixtures  # noqa: E402
+
 from odrive.sampling_params import SamplingParams  # noqa: E402
-from odrive.server import BackgroundServer, create_app  # noqa: E402
 
 MODEL = "tiny-load"
 NUM_REQUESTS = 200
@@ -25,20 +25,7 @@ WORDS = ("the engine keeps a pool of pages for attention cache when request arri
          "its prompt fits in free small models are useful for tests because they run quickly").split()  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def surge(tiny_checkpoint):
-    s = odrive.vSurge.create_odriver(
-        model=tiny_checkpoint, processor=tiny_checkpoint, max_prefill_length=64, page_size=4,
-        hbm_utilization=0.001, max_concurrent_prefill=2, max_concurrent_decodes=8, seed=877, vsurge_name="load",
-    )  # fmt: skip
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def server(surge):
-    with BackgroundServer(create_app(surge, MODEL)) as srv:
-        yield srv
+surge, server = serving_fixtures(MODEL, "load")
 
 
 def workload(seed: int = 0) -> list[dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paged_inputs import NUM_PAGES, PAGE_SIZE, PROMPTS, PagedBatcher, greedy_chunked_run
 
 from odrive.models import LlamaConfig
 from odrive.parallel import check_tp, per_device_kv_pages, per_device_weight_bytes
@@ -41,8 +42,6 @@ TIED = LlamaConfig(
     num_key_value_heads=2,
     tie_word_embeddings=True,
 )
-PAGE_SIZE, NUM_PAGES, PAGES_PER_SEQ, MAX_SEQS, NUM_TOKENS = 4, 24, 8, 4, 16
-PROMPTS = {"a": [1, 17, 5, 99, 23, 64, 8, 8, 41, 77, 3, 120, 56], "b": [1, 42, 42, 7, 90, 31, 12, 100, 66]}
 
 
 # --------------------------------------------------------------------------- one process, no devices needed
@@ -185,73 +184,19 @@ def _mesh(kind: str):
     return make_tp_mesh(int(kind.removeprefix("tp")))
 
 
-class Pager:
-    """Test-side page tables over a shuffled free list, building padded ``forward_paged`` inputs."""
-
-    def __init__(self, seed: int) -> None:
-        self.free = [int(p) for p in np.random.default_rng(seed).permutation(np.arange(1, NUM_PAGES))]
-        self.tables: dict[str, list[int]] = {}
-        self.lens: dict[str, int] = {}
-
-    def build(self, chunks: list[tuple[str, list[int]]]) -> dict[str, np.ndarray]:
-        arrays = {
-            "token_ids": np.zeros(NUM_TOKENS, np.int32),
-            "positions": np.zeros(NUM_TOKENS, np.int32),
-            "slot_mapping": np.zeros(NUM_TOKENS, np.int32),
-            "kv_lens": np.zeros(MAX_SEQS, np.int32),
-            "page_indices": np.zeros((MAX_SEQS, PAGES_PER_SEQ), np.int32),
-            "cu_q_lens": np.zeros(MAX_SEQS + 1, np.int32),
-            "logits_indices": np.zeros(MAX_SEQS, np.int32),
-        }
-        row = 0
-        for s, (sid, tokens) in enumerate(chunks):
-            table = self.tables.setdefault(sid, [])
-            start = self.lens.get(sid, 0)
-            end = start + len(tokens)
-            while len(table) * PAGE_SIZE < end:
-                table.append(self.free.pop())
-            for i, pos in enumerate(range(start, end)):
-                arrays["token_ids"][row + i] = tokens[i]
-                arrays["positions"][row + i] = pos
-                arrays["slot_mapping"][row + i] = table[pos // PAGE_SIZE] * PAGE_SIZE + pos % PAGE_SIZE
-            row += len(tokens)
-            self.lens[sid] = end
-            arrays["kv_lens"][s] = end
-            arrays["page_indices"][s, : len(table)] = table
-            arrays["cu_q_lens"][s + 1] = row
-            arrays["logits_indices"][s] = row - 1
-        arrays["cu_q_lens"][len(chunks) + 1 :] = row
-        arrays["num_seqs"] = np.int32(len(chunks))
-        return arrays
-
-
 def paged_greedy(forward, params, kv, config, chunk_plan: dict[str, list[int]], num_new: int):
     """Chunked prefill then joint decode of every sequence, greedy; returns tokens and every logits row."""
-    import jax.numpy as jnp
-
-    pager = Pager(seed=3)
-    pending = {sid: list(sizes) for sid, sizes in chunk_plan.items()}
-    fed: dict[str, list[int]] = {sid: [] for sid in chunk_plan}
-    out: dict[str, list[int]] = {sid: [] for sid in chunk_plan}
+    pager = PagedBatcher(seed=3)
     rows = []
-    while any(len(t) < num_new for t in out.values()):
-        chunks = []
-        for sid in chunk_plan:
-            if len(out[sid]) >= num_new:
-                continue
-            if pending[sid]:
-                start = len(fed[sid])
-                chunks.append((sid, PROMPTS[sid][start : start + pending[sid].pop(0)]))
-            else:
-                chunks.append((sid, [out[sid][-1]]))
-        inputs = {k: jnp.asarray(v) for k, v in pager.build(chunks).items()}
-        logits, kv = forward(params, kv_caches=kv, **inputs)
+
+    def step(chunks):
+        nonlocal kv
+        logits, kv = forward(params, kv_caches=kv, **pager.build_jax(chunks))
         logits = np.asarray(logits)
         rows.append(logits[: len(chunks)])
-        for s, (sid, tokens) in enumerate(chunks):
-            fed[sid] += tokens
-            if len(fed[sid]) >= len(PROMPTS[sid]):
-                out[sid].append(int(np.argmax(logits[s])))
+        return logits
+
+    out = greedy_chunked_run(step, chunk_plan, num_new)
     return out, rows, kv
 
 
@@ -314,7 +259,7 @@ def test_sharded_forward_communicates_only_two_all_reduces_per_layer(jax_mods, p
 
     mesh = _mesh("tp4")
     forward = make_sharded_paged_forward(CONFIG, mesh)
-    inputs = {k: jnp.asarray(v) for k, v in Pager(0).build([("a", PROMPTS["a"])]).items()}
+    inputs = PagedBatcher(0).build_jax([("a", PROMPTS["a"])])
     kv = allocate_sharded_kv_caches(CONFIG, NUM_PAGES, PAGE_SIZE, mesh)
     hlo = forward.lower(shard_params(params[CONFIG], CONFIG, mesh), kv_caches=kv, **inputs).compile().as_text()
     ops = {op: len(re.findall(rf"\b{op}(?:-start)?\(", hlo)) for op in ("all-reduce", "all-gather", "all-to-all")}

@@ -1,0 +1,60 @@
+"""Paged-attention batches from ``(cached tokens, new tokens)`` per sequence, checked against dense attention.
+
+Not a test module: ``tests/test_kernels_ragged_attention.py`` and ``tests/test_kernels_pallas.py`` import it,
+each binding its own padded sizes (``max_context``, ``num_tokens``, ``max_seqs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels.testing import PagedBatch, make_paged_batch
+
+
+def build_batch(
+    seqs: list[tuple[int, int]],
+    page_size: int,
+    head_shape: tuple[int, int, int],
+    seed: int = 0,
+    *,
+    max_context: int,
+    num_tokens: int,
+    max_seqs: int,
+    dtype: jnp.dtype = jnp.float32,
+) -> PagedBatch:
+    """One sequence per ``(prior, new)`` in ``seqs``; ``head_shape`` is (q heads, kv heads, head dim); page
+    tables hold ``max_context`` tokens."""
+    num_q_heads, kv_heads, head_dim = head_shape
+    return make_paged_batch(
+        np.random.default_rng(seed),
+        prior_lens=[prior for prior, _ in seqs],
+        q_lens=[new for _, new in seqs],
+        page_size=page_size,
+        num_q_heads=num_q_heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        num_tokens=num_tokens,
+        max_seqs=max_seqs,
+        pages_per_seq=-(-max_context // page_size),
+        dtype=dtype,
+    )
+
+
+def check_against_dense(
+    impl: Callable[..., jax.Array],
+    batch: PagedBatch,
+    *,
+    max_context: int,
+    atol: float = 2e-5,
+    sm_scale: float | None = None,
+) -> None:
+    """``impl`` on ``batch`` keeps the query's shape and dtype, is finite, and equals dense attention."""
+    out = impl(*batch.args(), sm_scale=sm_scale)
+    assert out.shape == batch.q.shape and out.dtype == batch.q.dtype
+    out = np.asarray(out, np.float32)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, batch.expected(sm_scale=sm_scale, pad_to=max_context), atol=atol, rtol=atol)

@@ -9,6 +9,7 @@ program. Prints one JSON line ``RESULT {...}`` with each case's greedy outputs a
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import jax
@@ -22,6 +23,8 @@ NUM_NEW = 10
 
 
 def main() -> None:
+    if os.environ.get("ODRIVE_MH_FAIL_RANK") == sys.argv[1]:  # tests/test_multi_host.py: a process that dies
+        raise SystemExit("injected failure")
     rank, port, checkpoint = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=rank)

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,43 +28,65 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    from checkpoints import build_tiny_checkpoint
-
-    # 8 query / 4 kv heads, an MLP of 128, a vocabulary of 320: everything splits over 4 devices
-    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("mh-llama"), heads=8, kv_heads=4)
+def run_workers(checkpoint: Path, logs_dir: Path, extra_env: dict[str, str] | None = None,
+                timeout_s: float = 600) -> tuple[list[int], list[str]]:  # fmt: skip
+    """Run the two worker processes to the end; (exit codes, outputs). A process that fails leaves the other
+    waiting for it in a collective, so the other is stopped at once."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip(),
+        **(extra_env or {}),
     }
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), str(port), str(checkpoint)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outs = []
+    logs = [logs_dir / f"rank{rank}.txt" for rank in (0, 1)]
+    procs = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as f:  # files, not pipes: nothing blocks on a full pipe while we wait
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(rank), str(port), str(checkpoint)],
+                                          env=env, stdout=f, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    deadline = time.monotonic() + timeout_s
     try:
-        for p in procs:
-            out, _ = p.communicate(timeout=600)
-            outs.append(out)
+        while time.monotonic() < deadline:
+            codes = [p.poll() for p in procs]
+            if None not in codes or any(c not in (None, 0) for c in codes):
+                break
+            time.sleep(0.2)
     finally:
         for p in procs:
-            p.kill()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [int(p.returncode) for p in procs], [log.read_text() for log in logs]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from checkpoints import build_tiny_checkpoint
+
+    # 8 query / 4 kv heads, an MLP of 128, a vocabulary of 320: everything splits over 4 devices
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("mh-llama"), heads=8, kv_heads=4)
+
+
+@pytest.fixture(scope="module")
+def results(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    codes, outs = run_workers(checkpoint, tmp_path_factory.mktemp("mh-logs"))
+    report = "\n".join(f"process {rank} exited {codes[rank]}:\n{outs[rank][-4000:]}" for rank in (0, 1))
+    assert codes == [0, 0], report
     parsed = []
-    for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
-        assert p.returncode == 0, f"process {rank} failed:\n{out[-5000:]}"
+    for rank, out in enumerate(outs):
         line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
         assert line is not None, f"process {rank} printed no result:\n{out[-5000:]}"
         parsed.append(json.loads(line.removeprefix("RESULT ")))
     return parsed
+
+
+def test_a_failing_process_stops_the_run_at_once(checkpoint: Path, tmp_path: Path) -> None:
+    """Process 1 dies before joining: process 0 would wait minutes for it in ``jax.distributed``; it is stopped."""
+    t0 = time.monotonic()
+    codes, outs = run_workers(checkpoint, tmp_path, {"ODRIVE_MH_FAIL_RANK": "1"}, timeout_s=120)
+    assert codes[1] == 1 and "injected failure" in outs[1]
+    assert codes[0] != 0 and time.monotonic() - t0 < 60
 
 
 def test_two_processes_form_one_jax_runtime(results: list[dict]) -> None:

@@ -8,6 +8,8 @@ page tables exactly as stepping one at a time would have.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from odrive.allocators.base import PageAllocator
@@ -77,9 +79,12 @@ def run_usage(allocator: PageAllocator, batch: list[SeqChunk], durations: np.nda
 
 def decode_chain(
     executor: Executor, batch: list[SeqChunk], steps: list[int], horizon: float
-) -> tuple[np.ndarray, int]:
+) -> tuple[Sequence[float], int]:
     """(step end times, steps run) of a decode run in which chunk ``i`` takes part in the first ``steps[i]``
     steps, stopped before the first step starting at or after ``horizon``."""
+    short = executor.decode_chain_until(batch, steps, horizon)
+    if short is not None:
+        return short
     if min(steps) == max(steps):
         durations = executor.decode_run_durations(batch, steps[0])
     else:

@@ -89,6 +89,14 @@ class Executor(ABC):
         """Durations of ``num_steps`` consecutive decode steps of ``batch`` (simulator fast-forward)."""
         raise NotImplementedError(f"{type(self).__name__} does not model multi-step decode runs")
 
+    def decode_chain_until(
+        self, batch: list[SeqChunk], steps: list[int], horizon: float
+    ) -> tuple[list[float], int] | None:
+        """A short decode chain timed step by step: (step end times, steps starting before ``horizon`` — at least
+        1) when the chain reaches ``horizon`` or its end within a few steps, else None (the caller then uses
+        :meth:`decode_chain_durations`). Must agree with it exactly. Default: None."""
+        return None
+
     def decode_chain_durations(self, batch: list[SeqChunk], steps: list[int], horizon: float) -> np.ndarray:
         """Durations of consecutive decode steps in which chunk ``i`` takes part in the first ``steps[i]`` (the
         batch shrinks as requests finish). May stop early, after the first step ending at or past ``horizon``

@@ -80,7 +80,9 @@ class Request:
     @property
     def is_prefill(self) -> bool:
         """True until the prompt (or, after recompute preemption, prompt + outputs) is in the cache."""
-        return self.num_output_tokens == 0 or self.num_tokens - self.num_computed_tokens > 1
+        return self.num_output_tokens == 0 or (
+            self.num_prompt_tokens + self.num_output_tokens - self.num_computed_tokens > 1
+        )
 
     @property
     def remaining_output_tokens(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from odrive.executor import ExecuteResult, Executor, SeqChunk
@@ -12,6 +14,8 @@ from sim.latency.batch_shape import BatchShape
 from sim.model_spec import causal_attention_pairs
 
 __all__ = ["HostSwap", "SimExecutor", "swap_rates"]
+
+SHORT_CHAIN_STEPS = 256  # decode runs up to this long are timed step by step (see ``decode_chain_until``)
 
 
 class SimExecutor(HostSwap, Executor):
@@ -60,6 +64,31 @@ class SimExecutor(HostSwap, Executor):
     def decode_run_durations(self, batch: list[SeqChunk], num_steps: int) -> np.ndarray:
         kv_read = sum(c.start + c.num_tokens for c in batch)
         return self.latency_model.decode_run_times(len(batch), kv_read, num_steps)
+
+    def decode_chain_until(
+        self, batch: list[SeqChunk], steps: list[int], horizon: float
+    ) -> tuple[list[float], int] | None:
+        # The typical run between two arrivals is a few dozen steps; timed in plain floats it costs a fraction of
+        # the array path's fixed overhead, and sums in the same order (``np.cumsum``), so the times are identical.
+        total = max(steps)
+        if total > SHORT_CHAIN_STEPS and horizon == math.inf:
+            return None
+        by_end = sorted(zip(steps, (c.start + c.num_tokens for c in batch), strict=True))
+        kv, left, gone = sum(k for _, k in by_end), len(by_end), 0
+        step_time = self.latency_model.decode_step_timer()
+        ends: list[float] = []
+        end = 0.0
+        for s in range(min(total, SHORT_CHAIN_STEPS)):
+            while by_end[gone][0] <= s:  # finished before step s
+                kv -= by_end[gone][1]
+                left -= 1
+                gone += 1
+            duration = step_time(left, kv + left * s)
+            end += duration
+            ends.append(end)
+            if end - duration >= horizon:  # this step starts at or after the horizon: it will not run
+                return ends, max(1, s)
+        return (ends, total) if total <= SHORT_CHAIN_STEPS else None
 
     def decode_chain_durations(self, batch: list[SeqChunk], steps: list[int], horizon: float) -> np.ndarray:
         # Step s decodes the chunks with steps[i] > s, each at context kv_len + s: (sequences, KV read) per step.

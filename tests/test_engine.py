@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from odrive.allocators import make_allocator
+from odrive.decode_runs import steps_before
 from odrive.engine import Engine
 from odrive.errors import InvariantViolation
 from odrive.executor import ExecuteResult, Executor, SeqChunk
@@ -20,7 +21,7 @@ from odrive.request import FinishReason, Request, RequestStatus
 from odrive.sampling_params import SamplingParams
 from odrive.schedulers import FCFSScheduler, Scheduler, SchedulerConfig, StepPlan, make_scheduler
 from sim.config import SimConfig
-from sim.executor import SimExecutor
+from sim.executor import SHORT_CHAIN_STEPS, SimExecutor
 from sim.simulator import SimResult, Simulator, build_engine, simulate
 from sim.workloads import Workload, poisson_workload
 from sim.workloads.lengths import Uniform
@@ -177,6 +178,34 @@ def test_executor_chain_durations_default_equals_the_vectorized_one(kv: list[int
     cut = Executor.decode_chain_durations(ex, batch, steps, horizon)
     assert cut.sum() >= horizon * (1 - 1e-12)
     np.testing.assert_allclose(cut, fast[: len(cut)], rtol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    kv=st.lists(st.integers(1, 5000), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_short_chains_timed_step_by_step_equal_the_array_path(kv: list[int], data: st.DataObject) -> None:
+    # SimExecutor.decode_chain_until (plain floats, for runs of up to SHORT_CHAIN_STEPS) must give the same step
+    # end times, bit for bit, and the same number of steps before the horizon as the array path; it declines
+    # (None) only when the run goes past SHORT_CHAIN_STEPS before reaching the horizon.
+    steps = data.draw(st.lists(st.integers(1, 2 * SHORT_CHAIN_STEPS), min_size=len(kv), max_size=len(kv)))
+    ex = build_engine(SimConfig()).executor
+    params = SamplingParams(max_tokens=1000)
+    batch = [SeqChunk(Request(f"r{i}", n, params), n - 1, 1, [], True) for i, n in enumerate(kv)]
+    durations = ex.decode_chain_durations(batch, steps, math.inf)
+    starts = np.cumsum(durations) - durations
+    horizon = data.draw(st.one_of(st.just(math.inf), st.just(0.0), st.sampled_from(starts.tolist()),
+                                  st.floats(0.0, float(durations.sum()) * 1.2)))  # fmt: skip
+    array_ends, array_count = steps_before(durations, horizon)
+    short = ex.decode_chain_until(batch, steps, horizon)
+    if short is None:
+        assert array_count > SHORT_CHAIN_STEPS
+        return
+    ends, count = short
+    assert count == array_count
+    assert len(ends) >= count
+    np.testing.assert_array_equal(np.asarray(ends), array_ends[: len(ends)])
 
 
 def test_fast_forward_stops_at_the_next_arrival() -> None:

@@ -179,6 +179,29 @@ def test_decode_step_times_of_a_shrinking_batch(model: str, segments: list[tuple
     np.testing.assert_allclose(default, slow, rtol=1e-12)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    acc=st.sampled_from(["h100-80gb", "cpu-2core"]),
+    model=st.sampled_from(["llama-2-7b", "llama-3-70b", "tiny-bench"]),
+    tp=st.sampled_from([1, 2, 8]),
+    num_seqs=st.lists(st.integers(1, 512), min_size=1, max_size=20),
+    context=st.integers(0, 2_000_000),
+)
+def test_scalar_decode_step_time_equals_the_vectorized_one(
+    acc: str, model: str, tp: int, num_seqs: list[int], context: int
+) -> None:
+    # The simulator times short decode runs one step at a time with decode_step_timer(); it must agree bit for
+    # bit with decode_step_times (the array path) and with the base class's step_time default.
+    lm = roofline(acc, model, tp)
+    kv = [n + context + i for i, n in enumerate(num_seqs)]
+    vectorized = lm.decode_step_times(np.array(num_seqs), np.array(kv))
+    timer = lm.decode_step_timer()
+    assert [timer(n, k) for n, k in zip(num_seqs, kv, strict=True)] == vectorized.tolist()
+    assert [lm.decode_step_time(n, k) for n, k in zip(num_seqs, kv, strict=True)] == vectorized.tolist()
+    default = [LatencyModel.decode_step_time(lm, n, k) for n, k in zip(num_seqs, kv, strict=True)]
+    np.testing.assert_allclose(default, vectorized, rtol=1e-12)
+
+
 def test_decode_run_times_validation() -> None:
     lm = roofline()
     assert lm.decode_run_times(4, 4, 0).shape == (0,)

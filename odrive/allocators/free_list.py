@@ -21,9 +21,13 @@ class FreeListAllocator(PageAllocator):
         self._used_slots = 0
 
     def allocate(self, request_id: str, num_tokens: int) -> bool:
+        table = self._tables.get(request_id)
+        if table is not None and 0 <= num_tokens <= len(table) * self.page_size:  # the usual decode: no new page
+            self._used_slots += num_tokens - self._tokens.get(request_id, 0)
+            self._tokens[request_id] = num_tokens
+            return True
         if num_tokens < 0:
             raise ValueError(f"request {request_id}: num_tokens must be >= 0, got {num_tokens}")
-        table = self._tables.get(request_id)
         if table is None:
             table = []
             need = -(-num_tokens // self.page_size)

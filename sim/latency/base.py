@@ -45,6 +45,17 @@ class LatencyModel(ABC):
             dtype=np.float64,
         )
 
+    def decode_step_time(self, num_seqs: int, kv_tokens_read: int) -> float:
+        """Seconds of one decode-only step of ``num_seqs`` sequences reading ``kv_tokens_read`` context tokens;
+        equal to the matching element of :meth:`decode_step_times` (the simulator times short decode runs
+        step by step with it, where arrays cost more than they save)."""
+        return self.step_time(BatchShape.decode_only(num_seqs, kv_tokens_read))
+
+    def decode_step_timer(self) -> Callable[[int, int], float]:
+        """:meth:`decode_step_time` as a plain function, for loops over many steps (models may bind their
+        constants into it). Default: the bound method."""
+        return self.decode_step_time
+
     def decode_step_times(self, num_seqs: np.ndarray, kv_tokens_read: np.ndarray) -> np.ndarray:
         """Durations of decode-only steps, step ``k`` of ``num_seqs[k]`` sequences reading ``kv_tokens_read[k]``
         context tokens (a decode run whose batch shrinks as requests finish). Default: one

@@ -13,6 +13,7 @@ two ring all-reduces per layer of the new tokens' hidden states are added (laten
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,24 @@ class RooflineLatencyModel(LatencyModel):
         check_decode_run(num_seqs, kv_tokens_read, num_steps)
         kv = kv_tokens_read + num_seqs * np.arange(num_steps, dtype=np.int64)
         return self.decode_step_times(num_seqs, kv)
+
+    def decode_step_time(self, num_seqs: int, kv_tokens_read: int) -> float:
+        return self.decode_step_timer()(num_seqs, kv_tokens_read)
+
+    def decode_step_timer(self) -> Callable[[int, int], float]:
+        # _terms inlined with its constants bound (called once per simulated decode step): the same operations
+        # in the same order, so equal to decode_step_times bit for bit.
+        per_token, per_pair, per_sample = self._flops_per_token, self._flops_per_pair, self._flops_per_sample
+        peak, weights, kv_bytes = self.peak_flops, self._weight_bytes, self._kv_bytes_per_token
+        bandwidth, overhead = self.accelerator.hbm_bandwidth, self.accelerator.step_overhead_s
+        comm = self._comm_s_per_token
+
+        def decode_step_time(num_seqs: int, kv_tokens_read: int) -> float:
+            compute = (per_token * num_seqs + per_pair * kv_tokens_read + per_sample * num_seqs) / peak
+            memory = (weights + kv_bytes * (kv_tokens_read + num_seqs)) / bandwidth
+            return max(compute, memory) + comm * num_seqs + overhead
+
+        return decode_step_time
 
     def decode_step_times(self, num_seqs: Any, kv_tokens_read: Any) -> np.ndarray:
         compute, memory, comm = self._terms(num_seqs, kv_tokens_read, num_seqs, kv_tokens_read)

@@ -79,7 +79,7 @@ def run_usage(allocator: PageAllocator, batch: list[SeqChunk], durations: np.nda
 
 def decode_chain(
     executor: Executor, batch: list[SeqChunk], steps: list[int], horizon: float
-) -> tuple[Sequence[float], int]:
+) -> tuple[Sequence[float] | np.ndarray, int]:
     """(step end times, steps run) of a decode run in which chunk ``i`` takes part in the first ``steps[i]``
     steps, stopped before the first step starting at or after ``horizon``."""
     short = executor.decode_chain_until(batch, steps, horizon)

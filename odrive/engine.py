@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from odrive.decode_runs import UNRECORDED, decode_chain, fit_pages, grow_tables, run_usage
 from odrive.errors import InvariantViolation
@@ -45,6 +46,7 @@ class StepOutcome:
         return self.start + self.duration
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class Engine:
     """Admit → schedule → (allocate, inside the policy) → execute → append tokens → free → record.
 
@@ -72,7 +74,10 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.swap_stats = SwapStats()
         self._caching = self.allocator.supports_prefix_caching
+        self.fast_forward = True  # False: steady decode runs step one at a time although the executor could batch them
         self.fast_forward_past_finishes = True  # see ``_fast_forward``; a cluster with state-aware routing opts out
+        # Called with every StepOutcome (e.g. to keep each step's plan); a hook, so nothing needs to wrap ``step``.
+        self.outcome_listeners: list[Callable[[StepOutcome], None]] = []
 
     # --- admission ------------------------------------------------------------------------------
     def validate(self, request: Request) -> str | None:
@@ -136,6 +141,13 @@ class Engine:
         """Run one step starting at ``now``. ``horizon`` (seconds from now until the next known
         arrival) bounds how far a simulator may fast-forward a steady decode run. Returns None when
         nothing could be scheduled."""
+        outcome = self._step(now, horizon)
+        if outcome is not None:
+            for listener in self.outcome_listeners:
+                listener(outcome)
+        return outcome
+
+    def _step(self, now: float, horizon: float) -> StepOutcome | None:
         sched = self.scheduler
         plan = sched.schedule()
         if self.check_invariants:
@@ -165,7 +177,8 @@ class Engine:
                 num_prefill_tokens += n
             start = req.num_computed_tokens
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
-        if (num_prefill_seqs == 0 and self.executor.supports_decode_runs and horizon > 0 and not self._caching
+        if (num_prefill_seqs == 0 and self.fast_forward and self.executor.supports_decode_runs and horizon > 0
+                and not self._caching
                 and not plan.has_swaps and self.allocator.supports_decode_runs):  # fmt: skip
             steady = sched.steady_steps(plan)
             if steady > 1:

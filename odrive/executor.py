@@ -4,26 +4,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from odrive.request import Request
 
 
-class SeqChunk(NamedTuple):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class SeqChunk:
     """One scheduled request in a step: compute ``num_tokens`` tokens starting at position ``start``.
 
     ``sample`` is True when the chunk completes the sequence, so a next token is drawn for it.
-    ``request`` is read-only for executors (token ids, sampling params). A named tuple: immutable, and cheap
-    to build (the simulator builds millions).
+    ``request`` is read-only for executors (token ids, sampling params); so is the chunk. A plain class with
+    slots, not a dataclass: the simulator builds millions, and it compiles to a native object (odrive.accel).
     """
 
-    request: Request
-    start: int
-    num_tokens: int
-    page_table: list[int]
-    sample: bool
+    __slots__ = ("request", "start", "num_tokens", "page_table", "sample")
+
+    def __init__(self, request: Request, start: int, num_tokens: int, page_table: list[int], sample: bool) -> None:
+        self.request = request
+        self.start = start
+        self.num_tokens = num_tokens
+        self.page_table = page_table
+        self.sample = sample
 
     @property
     def request_id(self) -> str:
@@ -33,6 +38,19 @@ class SeqChunk(NamedTuple):
     def kv_len(self) -> int:
         """Context length after this step (cached + new tokens)."""
         return self.start + self.num_tokens
+
+    def _fields(self) -> tuple[Request, int, int, list[int], bool]:
+        return (self.request, self.start, self.num_tokens, self.page_table, self.sample)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeqChunk) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((id(self.request), self.start, self.num_tokens, self.sample))
+
+    def __repr__(self) -> str:
+        return (f"SeqChunk(request={self.request.request_id!r}, start={self.start}, num_tokens={self.num_tokens}, "
+                f"pages={len(self.page_table)}, sample={self.sample})")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,10 +86,11 @@ class SwapOps:
         return self.num_pages_out + self.num_pages_in
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class Executor(ABC):
     """Runs one step's batch. The simulator's executor models time; the real one runs the model."""
 
-    supports_decode_runs: bool = False
+    supports_decode_runs: ClassVar[bool] = False
 
     @abstractmethod
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult: ...

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import AllocatorStats
 from odrive.request import Request
@@ -40,6 +41,7 @@ class PageUsage:
                    stats.internal_fragmentation)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class MetricsRecorder:
     """Collects rows as plain tuples (cheap in the hot loop); builds DataFrames on demand."""
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
-from sim.host_swap import HostSwap, swap_rates
+from sim.host_swap import HostSwap, modeled_swap_seconds, swap_rates
 from sim.latency.base import LatencyModel
 from sim.latency.batch_shape import BatchShape
 from sim.model_spec import causal_attention_pairs
@@ -18,16 +20,18 @@ __all__ = ["HostSwap", "SimExecutor", "swap_rates"]
 SHORT_CHAIN_STEPS = 256  # decode runs up to this long are timed step by step (see ``decode_chain_until``)
 
 
-class SimExecutor(HostSwap, Executor):
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
+class SimExecutor(Executor):
     """Models each step's duration; prefill chunks are padded to their ``prefill_lengths`` bucket, as
     the real engine pads them, so padding costs time here too. Produces no token ids.
 
-    Swap preemption costs ``pages × page_size × kv_bytes_per_token / host_bandwidth`` seconds (:class:`HostSwap`).
+    Swap preemption costs ``pages × page_size × kv_bytes_per_token / host_bandwidth`` seconds (as :class:`HostSwap`;
+    not inherited from it: a compiled class takes no interpreted mixin, see ``odrive.accel``).
     Both rates default to the latency model's ``model.kv_bytes_per_token`` (÷ its ``tp``) and
     ``accelerator.host_bandwidth`` when it has them (the roofline does; :func:`swap_rates`).
     """
 
-    supports_decode_runs = True
+    supports_decode_runs: ClassVar[bool] = True
 
     def __init__(self, latency_model: LatencyModel, scheduler_config: SchedulerConfig, *,
                  kv_bytes_per_token: float | None = None, host_bandwidth: float | None = None) -> None:  # fmt: skip
@@ -40,6 +44,12 @@ class SimExecutor(HostSwap, Executor):
         )
         self.kv_bytes_per_token = kv_bytes_per_token or own_kv
         self.host_bandwidth = host_bandwidth or own_bw
+
+    def swap_seconds(self, ops: SwapOps) -> float:
+        return modeled_swap_seconds(self, ops)
+
+    def swap(self, ops: SwapOps) -> float:
+        return self.swap_seconds(ops)
 
     def shape_of(self, batch: list[SeqChunk]) -> BatchShape:
         prefill_tokens = decode_tokens = pairs = decode_kv = kv_read = sampled = 0

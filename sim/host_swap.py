@@ -23,6 +23,21 @@ def swap_rates(
     return (kv or None), getattr(accelerator, "host_bandwidth", None)
 
 
+def modeled_swap_seconds(executor: object, ops: SwapOps) -> float:
+    """``ops``' copy time at ``executor``'s ``kv_bytes_per_token`` and ``host_bandwidth``; a clear error
+    without them."""
+    kv_bytes_per_token = getattr(executor, "kv_bytes_per_token", None)
+    host_bandwidth = getattr(executor, "host_bandwidth", None)
+    if not kv_bytes_per_token or not host_bandwidth:
+        model = getattr(executor, "latency_model", None)
+        raise ConfigError(
+            f"{type(executor).__name__} (latency model {type(model).__name__}) has no kv_bytes_per_token / "
+            "host_bandwidth to model swap preemption: pass them (e.g. from the SimConfig's model spec and "
+            "accelerator, as sim.simulator.build_engine does) or use preemption_mode='recompute'"
+        )
+    return ops.num_pages * ops.page_size * kv_bytes_per_token / host_bandwidth
+
+
 class HostSwap:
     """Mixin: :meth:`Executor.swap` modeled as ``pages × page_size × kv_bytes_per_token / host_bandwidth`` seconds
     (out and in run one after the other, before the step's compute). Set both rates in ``__init__``."""
@@ -31,14 +46,7 @@ class HostSwap:
     host_bandwidth: float | None = None
 
     def swap_seconds(self, ops: SwapOps) -> float:
-        if not self.kv_bytes_per_token or not self.host_bandwidth:
-            model = getattr(self, "latency_model", None)
-            raise ConfigError(
-                f"{type(self).__name__} (latency model {type(model).__name__}) has no kv_bytes_per_token / "
-                "host_bandwidth to model swap preemption: pass them (e.g. from the SimConfig's model spec and "
-                "accelerator, as sim.simulator.build_engine does) or use preemption_mode='recompute'"
-            )
-        return ops.num_pages * ops.page_size * self.kv_bytes_per_token / self.host_bandwidth
+        return modeled_swap_seconds(self, ops)
 
     def swap(self, ops: SwapOps) -> float:
         return self.swap_seconds(ops)

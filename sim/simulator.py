@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import simpy
+from mypy_extensions import mypyc_attr
 from tqdm.auto import tqdm
 
 from odrive.allocators import make_allocator
@@ -73,6 +74,7 @@ def build_engine(
     )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class Simulator:
     """Replays a workload against one engine replica; deterministic for a given config and workload."""
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from odrive.allocators import make_allocator
 from odrive.decode_runs import steps_before
-from odrive.engine import Engine
+from odrive.engine import Engine, StepOutcome
 from odrive.errors import InvariantViolation
 from odrive.executor import ExecuteResult, Executor, SeqChunk
 from odrive.request import FinishReason, Request, RequestStatus
@@ -135,24 +135,25 @@ def test_lean_run_continues_past_a_finish_only_while_nothing_waits() -> None:
     # single fast-forwarded engine call runs them all to completion across the finishes.
     wl = Workload(np.zeros(3), np.array([10, 20, 30]), np.array([50, 80, 120]))
     config = SimConfig(page_size=16, num_pages=200, max_prefill_length=256, record_steps=False)
-    sim = Simulator(config, wl)
-    calls = []
-    step = sim.engine.step
+    calls: list[tuple[int, int] | None] = []
 
-    def counting(now: float, horizon: float = math.inf):  # type: ignore[no-untyped-def]
-        out = step(now, horizon)
-        calls.append(None if out is None else (out.num_steps, len(out.finished)))
-        return out
+    class CountingEngine(Engine):
+        def step(self, now: float, horizon: float = math.inf) -> StepOutcome | None:
+            out = super().step(now, horizon)
+            calls.append(None if out is None else (out.num_steps, len(out.finished)))
+            return out
 
-    sim.engine.step = counting  # type: ignore[method-assign]
-    sim.run()
+    def counted(config: SimConfig) -> Simulator:
+        sim = Simulator(config, wl)
+        old = sim.engine
+        sim.engine = CountingEngine(old.scheduler, old.executor, metrics=old.metrics)
+        return sim
+
+    counted(config).run()
     assert calls == [(1, 0), (119, 3)], calls
     # With a request waiting for room (max_concurrent_decodes=2), the first finish ends the run.
-    sim = Simulator(replace(config, max_concurrent_decodes=2), wl)
     calls.clear()
-    step = sim.engine.step
-    sim.engine.step = counting  # type: ignore[method-assign]
-    sim.run()
+    counted(replace(config, max_concurrent_decodes=2)).run()
     assert (49, 1) in calls, calls
 
 

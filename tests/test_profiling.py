@@ -104,4 +104,4 @@ def test_replay_stamps_arrivals_and_records_every_step(small_model) -> None:
     assert len(s) == len(result.plans) and (s["exec_s"] > 0).all()
     assert s["period_s"].dropna().ge(s["exec_s"].loc[s["period_s"].notna()]).all()
     assert result.plans["scheduled"].iloc[0] == "0:5"  # FCFS, one prefill per step
-    assert not surge.engine.has_unfinished and "step" not in surge.engine.__dict__
+    assert not surge.engine.has_unfinished and not surge.engine.outcome_listeners  # the replay stopped listening

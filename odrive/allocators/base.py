@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from odrive.errors import ConfigError, InvariantViolation
 from odrive.request import Request
@@ -33,6 +36,7 @@ class AllocatorStats:
         return 1.0 - self.used_slots / self.allocated_slots
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class PageAllocator(ABC):
     """Owns the KV page pool and each request's page table.
 
@@ -80,7 +84,7 @@ class PageAllocator(ABC):
     def free_page_ids(self) -> list[int]: ...
 
     # --- prefix caching hooks (no-ops unless an allocator caches pages) ---------------------------
-    supports_prefix_caching: bool = False
+    supports_prefix_caching: ClassVar[bool] = False
 
     def match_prefix(self, request: Request, max_tokens: int) -> int:
         """At admission: attach cached full pages holding a prefix of ``request``'s tokens (within its
@@ -98,7 +102,7 @@ class PageAllocator(ABC):
         return None
 
     # --- optional hooks (no-ops unless an allocator needs them) -----------------------------------
-    supports_decode_runs: bool = True
+    supports_decode_runs: ClassVar[bool] = True
     """True when growing any request by k pages succeeds whenever ``num_free_pages >= k``, so the engine
     may fast-forward a steady decode run by counting free pages. Allocators that grow by contiguous
     runs or power-of-two blocks set it False."""

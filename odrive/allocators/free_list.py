@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from mypy_extensions import mypyc_attr
+
 from odrive.allocators.base import AllocatorStats, PageAllocator
 from odrive.allocators.registry import ALLOCATORS
 
 
-@ALLOCATORS.register("free-list")
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FreeListAllocator(PageAllocator):
     """Hands out pages from a free list; freed pages go to the back (FIFO) or the top (LIFO)."""
 
-    lifo = False
+    lifo: ClassVar[bool] = False
 
     def __init__(self, num_pages: int, page_size: int) -> None:
         super().__init__(num_pages, page_size)
@@ -83,8 +87,14 @@ class FreeListAllocator(PageAllocator):
         )
 
 
-@ALLOCATORS.register("free-list-lifo")
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LifoFreeListAllocator(FreeListAllocator):
     """Most recently freed pages are reused first (warmer in caches)."""
 
-    lifo = True
+    lifo: ClassVar[bool] = True
+
+
+# Registered by call, not decorator: mypyc compiles this module (odrive.accel) and keeps decorated classes
+# out of C.
+ALLOCATORS.add("free-list", FreeListAllocator)
+ALLOCATORS.add("free-list-lifo", LifoFreeListAllocator)

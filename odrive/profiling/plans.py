@@ -1,7 +1,7 @@
 """Per-step scheduling decisions of an engine run, as a table both the simulator and the real engine fill.
 
-``record_outcomes`` wraps one engine's ``step`` (on the instance, nothing shared is edited) so each
-``StepOutcome`` — with its ``StepPlan`` — is kept; ``plan_table`` turns them into comparable rows keyed by
+``record_outcomes`` listens to one engine's steps (``Engine.outcome_listeners``) so each ``StepOutcome`` — with
+its ``StepPlan`` — is kept; ``plan_table`` turns them into comparable rows keyed by
 workload index instead of engine-specific request ids.
 """
 
@@ -26,18 +26,16 @@ PLAN_COLUMNS = (
 
 
 def record_outcomes(engine: Engine) -> list[StepOutcome]:
-    """Start keeping every non-empty ``StepOutcome`` of ``engine``; returns the (growing) list."""
+    """Start keeping every non-empty ``StepOutcome`` of ``engine``; returns the (growing) list
+    (:func:`stop_recording` ends it)."""
     outcomes: list[StepOutcome] = []
-    inner: Callable[..., StepOutcome | None] = engine.step
-
-    def step(now: float, horizon: float = float("inf")) -> StepOutcome | None:
-        outcome = inner(now, horizon)
-        if outcome is not None:
-            outcomes.append(outcome)
-        return outcome
-
-    engine.step = step  # type: ignore[method-assign]
+    engine.outcome_listeners.append(outcomes.append)
     return outcomes
+
+
+def stop_recording(engine: Engine, outcomes: list[StepOutcome]) -> None:
+    """Stop filling ``outcomes`` (a list :func:`record_outcomes` returned for ``engine``)."""
+    engine.outcome_listeners.remove(outcomes.append)
 
 
 def sim_request_index(request_id: str) -> int:

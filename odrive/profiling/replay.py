@@ -17,7 +17,7 @@ import pandas as pd
 from odrive.engine import StepOutcome
 from odrive.executor import ExecuteResult, Executor, SeqChunk
 from odrive.profiling.features import EngineGeometry, StepFeatures, parse_lens, step_features
-from odrive.profiling.plans import plan_table, record_outcomes
+from odrive.profiling.plans import plan_table, record_outcomes, stop_recording
 from odrive.sampling_params import SamplingParams
 from odrive.vsurge.driver import vSurge
 from sim.workloads.request import Workload
@@ -77,7 +77,6 @@ def replay(
     arrivals = workload.arrival_times.tolist()
     n_req, n_steps0, n_done0 = len(arrivals), len(engine.metrics.steps_frame()), engine.metrics.num_done
     recorder = ShapeRecorder(engine.executor)
-    own_step = engine.__dict__.get("step")
     outcomes: list[StepOutcome] = record_outcomes(engine)
     engine.executor = recorder
     index_of: dict[str, int] = {}
@@ -105,10 +104,7 @@ def replay(
             idle = True
     finally:
         engine.executor = recorder.inner
-        if own_step is None:
-            del engine.step
-        else:
-            engine.step = own_step  # type: ignore[method-assign]
+        stop_recording(engine, outcomes)
     wall = time.perf_counter() - origin
     steps = engine.metrics.steps_frame().iloc[n_steps0:].reset_index(drop=True)
     requests = engine.metrics.requests_frame().iloc[n_done0:].copy()

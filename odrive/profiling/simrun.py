@@ -55,7 +55,7 @@ def simulate_calibrated(
         )
     else:
         executor = SimExecutor(model, sched_cfg, **rates)
-    executor.supports_decode_runs = fast_forward
+    engine.fast_forward = fast_forward
     engine.executor = executor
     outcomes = record_outcomes(engine) if record_plans else None
     result = sim.run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 
+from mypy_extensions import mypyc_attr
+
 from odrive.allocators.base import PageAllocator
 from odrive.request import Request, RequestStatus
 from odrive.schedulers.config import SchedulerConfig
@@ -14,6 +16,7 @@ from odrive.schedulers.swap_space import SwapSpace
 STEADY_FOREVER = 1 << 30
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class Scheduler(ABC):
     """Owns the waiting queue and the running set; ``schedule`` returns a StepPlan.
 

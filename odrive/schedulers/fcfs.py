@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
+from odrive.allocators.base import PageAllocator
 from odrive.request import Request
 from odrive.schedulers.base import STEADY_FOREVER, Scheduler
+from odrive.schedulers.config import SchedulerConfig
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS
 
 
-@SCHEDULERS.register("fcfs")
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FCFSScheduler(Scheduler):
     """Admit waiting requests in arrival order and prefill them (a prefill-only step) whenever one fits;
     otherwise decode every running request. When a decode finds no free page, the newest running
@@ -19,8 +23,8 @@ class FCFSScheduler(Scheduler):
     swapped-in request that only needs its next decode joins that step's decodes (vLLM v0 style).
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, config: SchedulerConfig, allocator: PageAllocator) -> None:
+        super().__init__(config, allocator)
         self._partial: dict[str, Request] = {}  # running requests whose prefill is incomplete
         self._last_decode_only = False
 
@@ -105,3 +109,6 @@ class FCFSScheduler(Scheduler):
     def steady_after_finish(self, plan: StepPlan) -> bool:
         # A finish only frees pages and room in the running set; with nothing waiting, nobody can use them.
         return not self.waiting
+
+
+SCHEDULERS.add("fcfs", FCFSScheduler)  # by call, not decorator: see odrive.accel

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -113,10 +114,12 @@ class ServerMetrics:
         self.requests.labels(state="rejected", finish_reason="rejected").inc()
 
 
-class RecorderTee:
-    """Stands in for the engine's ``MetricsRecorder``: forwards every call, then updates ``ServerMetrics``."""
+class RecorderTee(MetricsRecorder):
+    """Stands in for the engine's ``MetricsRecorder``: forwards every call, then updates ``ServerMetrics``.
+    A subclass, so a compiled engine (``odrive.accel``) accepts it; it keeps no rows of its own."""
 
     def __init__(self, inner: MetricsRecorder, metrics: ServerMetrics, engine: Engine) -> None:
+        super().__init__(record_steps=inner.record_steps)
         self.inner = inner
         self._metrics = metrics
         self._engine = engine
@@ -135,7 +138,17 @@ class RecorderTee:
         self._metrics.on_request_done(r)
         self._metrics.refresh(self._engine)
 
-    def __getattr__(self, name: str) -> Any:  # requests_frame, steps_frame, num_done, ...
+    @property
+    def num_done(self) -> int:
+        return self.inner.num_done
+
+    def requests_frame(self) -> pd.DataFrame:
+        return self.inner.requests_frame()
+
+    def steps_frame(self) -> pd.DataFrame:
+        return self.inner.steps_frame()
+
+    def __getattr__(self, name: str) -> Any:  # anything else a recorder subclass adds
         return getattr(self.inner, name)
 
 

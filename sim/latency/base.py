@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from sim.latency.batch_shape import BatchShape
 
@@ -25,6 +26,7 @@ def check_decode_run(num_seqs: int, kv_tokens_read: int, num_steps: int) -> None
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class LatencyModel(ABC):
     """Maps a :class:`BatchShape` to seconds. Subclasses must be deterministic and side-effect free."""
 

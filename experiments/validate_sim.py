@@ -29,7 +29,10 @@ With ``--full`` every workload runs three times on the real engine. The runs are
 (``real_repeat``: a later run against the first; the noise floor of this machine), and the simulator is also
 judged against the per-request median of the runs (``raw_vs_median``, ``adjusted_vs_median``; each real run
 against the median of the others: ``real_vs_median``): a deterministic simulator should predict what the engine
-typically does for each request, not one run's noise.
+typically does for each request, not one run's noise. The runs go in rounds (``run_order``): each round runs
+every workload once, in its own random order, so a workload's repeats spread over the whole session and the
+machine's drift (a few % over tens of minutes, the probes show) lands on every workload alike. (A fully
+random order once put 4 of one workload's 5 runs in a ~5 % faster second half of a session.)
 
 And a closed workload (all at t=0, a pool small enough to preempt): the per-step plans of both runs (who is
 scheduled for how many tokens, who is preempted, pages used) must match exactly.
@@ -186,6 +189,14 @@ def make_engine(cfg: ValidationConfig, profile: Profile):
 
 
 # --- the experiment -------------------------------------------------------------------------------------
+def run_order(num_workloads: int, repeats: int, seed: int) -> list[int]:
+    """The real runs' order as ``repeat × num_workloads + workload`` indices: ``repeats`` rounds, each a fresh random
+    permutation of every workload (a randomized block design: drift over the session hits each workload once per
+    round instead of, by chance, several of one workload's runs)."""
+    rng = np.random.default_rng(seed)
+    return [rep * num_workloads + int(w) for rep in range(repeats) for w in rng.permutation(num_workloads)]
+
+
 def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=print) -> Validation:
     from odrive.profiling.probe import geometric_mean, measure_speed, predict_steps, speed_of
     from odrive.profiling.replay import replay, warm_up
@@ -200,7 +211,7 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
         raise AssertionError("the simulator's geometry differs from the engine's BatchBuilder")
     log(f"engine compiled and warmed in {warm_up(surge, geometry):.1f} s")
     todo = scenarios(cfg, model)
-    order = np.random.default_rng(cfg.seed).permutation(len(todo) * cfg.repeats)
+    order = run_order(len(todo), cfg.repeats, cfg.seed)
     error_frames, request_frames, step_frames, probes = [], [], [], []
     reals: dict[int, list] = {}  # scenario -> its real runs
     raw_sims: dict[int, object] = {}  # scenario -> the raw-profile simulation (deterministic: one per scenario)

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from experiments.validate_sim import SMALL, UNPINNED_PROFILE, Validation, run_validation
+from experiments.validate_sim import SMALL, UNPINNED_PROFILE, Validation, run_order, run_validation
 
 # Percent. Measured with this configuration on the shared 2-core machine (load average 2-3, 7 runs): run-speed
 # E2E 7-11 %, adjusted 4-11 %, raw 22-61 % (the machine's speed vs. the profile's), throughput < 1.2 %,
@@ -84,3 +84,14 @@ def test_a_saved_validation_loads_back_and_replots(validation: Validation, tmp_p
     (tmp_path / "validate_sim.png").unlink()
     assert main(["--replot", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "validate_sim.png").stat().st_size > 0
+
+
+def test_repeats_run_in_rounds_of_every_workload() -> None:
+    # Each round runs every workload exactly once, so machine drift over the session spreads over all workloads.
+    order = run_order(num_workloads=7, repeats=5, seed=2)
+    assert sorted(order) == list(range(35))
+    for r in range(5):
+        block = order[7 * r : 7 * (r + 1)]
+        assert sorted(k % 7 for k in block) == list(range(7)) and {k // 7 for k in block} == {r}
+    assert [k % 7 for k in order[:7]] != [k % 7 for k in order[7:14]]  # shuffled anew each round
+    assert order == run_order(7, 5, 2)  # deterministic per seed

@@ -215,7 +215,6 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
     error_frames, request_frames, step_frames, probes = [], [], [], []
     reals: dict[int, list] = {}  # scenario -> its real runs
     raw_sims: dict[int, object] = {}  # scenario -> the raw-profile simulation (deterministic: one per scenario)
-    speeds: dict[int, list[float]] = {}
 
     def probe(i: int) -> float:
         return measure_speed(surge, model, geometry, seed=cfg.seed + i).speed if cfg.probe else 1.0
@@ -254,7 +253,6 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
                 request_frames.append(per_request(real.requests, run.requests).assign(**tag, variant=variant))
         runs = reals.setdefault(int(k % len(todo)), [])
         runs.append(real)
-        speeds.setdefault(int(k % len(todo)), []).append(speed)
         first = runs[0]
         if first is not real:  # the same workload again on the real engine: reality's own reproducibility
             rows = error_rows(first.requests, real.requests, first.steps, real.steps)
@@ -270,14 +268,15 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
             f"run-speed {e2e['run_speed']:.1f}%"
             + (f", real vs real {e2e['real_repeat']:.1f}%" if "real_repeat" in e2e and first is not real else "")
         )
+    # The median runs are spread over the session (rounds), so the speed they ran at is the session's: the median of
+    # all its probes (~2 per run), which one misjudged probe cannot move as it moves a workload's 3.
+    session_speed = float(np.median([p[key] for p in probes for key in ("speed_before", "speed_after")]))
     for j, runs in reals.items():
         if len(runs) > 1:
             sc = todo[j]
-            frames = against_median(
-                runs, sc["trace"], raw_sims[j], model.with_speed(geometric_mean(*speeds[j])), sim_cfg, cfg
-            )
+            frames = against_median(runs, sc["trace"], raw_sims[j], model.with_speed(session_speed), sim_cfg, cfg)
             tag = {"workload": sc["workload"], "load": sc["load"], "rate": sc["rate"], "repeat": -1,
-                   "speed": geometric_mean(*speeds[j])}  # fmt: skip
+                   "speed": session_speed}  # fmt: skip
             error_frames += [f.assign(**tag) for f in frames]
             e = pd.concat(frames).query("metric == 'e2e' and statistic == 'median_abs'")
             e2e = e.groupby("variant")["error_pct"].median()
@@ -301,7 +300,8 @@ def against_median(
     runs: list, workload: Workload, raw_sim, adjusted: CalibratedLatencyModel, sim_cfg: SimConfig, cfg: ValidationConfig
 ) -> list[pd.DataFrame]:
     """Error rows of the simulator against the per-request median of several real runs of one workload
-    (``raw_vs_median``: the profile as shipped; ``adjusted_vs_median``: at the runs' mean probe speed), and of
+    (``raw_vs_median``: the profile as shipped; ``adjusted_vs_median``: ``adjusted``, the session's median probe
+    speed), and of
     each real run against the median of the others (``real_vs_median``: what one run's noise alone costs)."""
     first = runs[0]
     reference = median_run([r.requests for r in runs])

@@ -64,8 +64,14 @@ def source_root() -> Path:
 
 
 def default_dir() -> Path:
-    """``$ODRIVE_ACCEL_DIR``, else ``build/odrive-accel`` next to the packages."""
-    return Path(os.environ.get("ODRIVE_ACCEL_DIR") or source_root() / "build" / "odrive-accel")
+    """``$ODRIVE_ACCEL_DIR``; else ``build/odrive-accel`` in a checkout (next to ``pyproject.toml``); else, for
+    an installed package, ``odrive/accel`` in the user's cache folder (never inside site-packages)."""
+    if os.environ.get("ODRIVE_ACCEL_DIR"):
+        return Path(os.environ["ODRIVE_ACCEL_DIR"])
+    root = source_root()
+    if (root / "pyproject.toml").is_file():
+        return root / "build" / "odrive-accel"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "odrive" / "accel"
 
 
 def fingerprint(root: Path | None = None) -> str:

@@ -159,3 +159,14 @@ def test_run_puts_the_build_ahead_of_the_working_directory(tmp_path: Path) -> No
     first, *_, last = env["PYTHONPATH"].split(os.pathsep)
     assert first == str(tmp_path) and last == "/elsewhere"
     assert env["PYTHONSAFEPATH"] == "1"  # else `python -m` / `-c` from a checkout would import the sources first
+
+
+def test_default_build_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ODRIVE_ACCEL_DIR", raising=False)
+    assert accel.default_dir() == ROOT / "build" / "odrive-accel"  # a checkout: ignored by git
+    monkeypatch.setenv("ODRIVE_ACCEL_DIR", str(tmp_path))
+    assert accel.default_dir() == tmp_path
+    monkeypatch.delenv("ODRIVE_ACCEL_DIR")
+    monkeypatch.setattr(accel, "source_root", lambda: tmp_path)  # an installed package: no pyproject.toml there
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert accel.default_dir() == tmp_path / "cache" / "odrive" / "accel"

@@ -74,15 +74,21 @@ def default_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "odrive" / "accel"
 
 
-def fingerprint(root: Path | None = None) -> str:
-    """SHA-256 over every ``.py`` file of the packages, the module list and the Python version."""
+def source_digest(root: Path | None = None) -> str:
+    """SHA-256 over every ``.py`` file (relative path and bytes) of the ``odrive`` and ``sim`` packages under
+    ``root``; also the code version of sweep caches (``sim.sweep.cache.code_version``)."""
     root = root or source_root()
-    digest = hashlib.sha256(repr((COMPILED_MODULES, sys.version)).encode())
+    digest = hashlib.sha256()
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def fingerprint(root: Path | None = None) -> str:
+    """What a build depends on: the sources (:func:`source_digest`), the module list and the Python version."""
+    return hashlib.sha256(repr((COMPILED_MODULES, sys.version, source_digest(root))).encode()).hexdigest()
 
 
 def is_fresh(out: Path | None = None) -> bool:

@@ -24,26 +24,21 @@ from typing import Any
 
 import pandas as pd
 
+from odrive.accel import source_digest
 from sim.sweep.grid import RunPoint
 
-SOURCE_PACKAGES = ("odrive", "sim")
 _SPEC_PARTS = re.compile(r"[:?&,()=]")
 
 
 @functools.cache
 def code_version() -> str:
     """``odrive-<version>+<digest>``: the digest covers every ``.py`` file of the odrive and sim packages."""
-    root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256()
-    for package in SOURCE_PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
+    digest = source_digest(Path(__file__).resolve().parents[2])
     try:
         version = metadata.version("odrive")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         version = "0+unknown"
-    return f"odrive-{version}+{digest.hexdigest()[:16]}"
+    return f"odrive-{version}+{digest[:16]}"
 
 
 @functools.cache

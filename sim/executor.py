@@ -88,7 +88,8 @@ class SimExecutor(Executor):
         step_time = self.latency_model.decode_step_timer()
         ends: list[float] = []
         end = 0.0
-        for s in range(min(total, SHORT_CHAIN_STEPS)):
+        # One step past the limit, so a chain whose horizon falls right after step SHORT_CHAIN_STEPS is decided here.
+        for s in range(min(total, SHORT_CHAIN_STEPS + 1)):
             while by_end[gone][0] <= s:  # finished before step s
                 kv -= by_end[gone][1]
                 left -= 1
@@ -98,7 +99,7 @@ class SimExecutor(Executor):
             ends.append(end)
             if end - duration >= horizon:  # this step starts at or after the horizon: it will not run
                 return ends, max(1, s)
-        return (ends, total) if total <= SHORT_CHAIN_STEPS else None
+        return (ends, total) if total <= SHORT_CHAIN_STEPS + 1 else None
 
     def decode_chain_durations(self, batch: list[SeqChunk], steps: list[int], horizon: float) -> np.ndarray:
         # Step s decodes the chunks with steps[i] > s, each at context kv_len + s: (sequences, KV read) per step.

@@ -9,12 +9,13 @@ several loads, as fractions of the simulated saturation throughput (all requests
 Errors per request (TTFT, TPOT, E2E) and aggregate (throughput, peak pages used), for three simulators:
 
 - ``raw``: the profile as shipped;
-- ``adjusted``: every step time scaled by the speed a probe measured just before and just after the run
+- ``adjusted``: step times scaled by the speeds a probe measured just before and just after the run
   (geometric mean; ``odrive.profiling.probe``: a fixed ~1 s mini workload replayed on the real engine, its
-  measured step periods over the model's prediction for those batches). A shared machine's speed drifts with
-  other users' load; the probe never sees the validated workload;
-- ``run_speed``: scaled by the same statistic taken on the validated run itself: one scalar, the machine's
-  mean speed during the run — what is left is the model's structure (relative step costs, queueing);
+  measured step periods over the model's prediction for those batches), one for decode-only steps and one for
+  steps with a prefill chunk. A shared machine's speed drifts with other users' load, and not alike for both
+  kinds; the probe never sees the validated workload. ``adjusted_one_speed``: one probe speed for every step;
+- ``run_speed``: scaled by the same two statistics taken on the validated run itself: the machine's mean
+  speeds during the run — what is left is the model's structure (relative step costs, queueing);
 - ``batchshape``: the same model through the ``BatchShape`` interface only (the stock ``SimExecutor``, which
   knows a step's sums: what a latency model without per-sequence information would get), at the probe speed.
   The other variants time steps as ``odrive sim --latency-model calibrated`` does (``CalibratedSimExecutor``).
@@ -29,7 +30,9 @@ With ``--full`` every workload runs three times on the real engine. The runs are
 (``real_repeat``: a later run against the first; the noise floor of this machine), and the simulator is also
 judged against the per-request median of the runs (``raw_vs_median``, ``adjusted_vs_median``; each real run
 against the median of the others: ``real_vs_median``): a deterministic simulator should predict what the engine
-typically does for each request, not one run's noise. The runs go in rounds (``run_order``): each round runs
+typically does for each request, not one run's noise. Those runs are spread over the session, so the adjusted
+simulator there runs at the session's median probe speeds (``adjusted_one_speed_vs_median``: its median speed
+over all steps). The runs go in rounds (``run_order``): each round runs
 every workload once, in its own random order, so a workload's repeats spread over the whole session and the
 machine's drift (a few % over tens of minutes, the probes show) lands on every workload alike. (A fully
 random order once put 4 of one workload's 5 runs in a ~5 % faster second half of a session.)
@@ -198,7 +201,7 @@ def run_order(num_workloads: int, repeats: int, seed: int) -> list[int]:
 
 
 def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=print) -> Validation:
-    from odrive.profiling.probe import geometric_mean, measure_speed, predict_steps, speed_of
+    from odrive.profiling.probe import SpeedProbe, geometric_mean, measure_speed, predict_steps, speed_of
     from odrive.profiling.replay import replay, warm_up
 
     t_start = time.perf_counter()
@@ -216,8 +219,8 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
     reals: dict[int, list] = {}  # scenario -> its real runs
     raw_sims: dict[int, object] = {}  # scenario -> the raw-profile simulation (deterministic: one per scenario)
 
-    def probe(i: int) -> float:
-        return measure_speed(surge, model, geometry, seed=cfg.seed + i).speed if cfg.probe else 1.0
+    def probe(i: int) -> SpeedProbe:
+        return measure_speed(surge, model, geometry, seed=cfg.seed + i) if cfg.probe else SpeedProbe(1.0, 0, 0.0)
 
     after = probe(0)
     for i, k in enumerate(order):
@@ -226,30 +229,35 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
         before, load_before = after, os.getloadavg()[0]
         real = replay(surge, wl, seed=cfg.seed + rep)
         after = probe(i + 1)  # also the next run's "before"
-        speed = geometric_mean(before, after)
+        speed, decode_speed, prefill_speed = (
+            geometric_mean(getattr(before, f), getattr(after, f)) for f in ("speed", "decode_speed", "prefill_speed")
+        )
         steps = predict_steps(real.steps, model, geometry)
-        run_speed = speed_of(steps)
+        run_decode, run_prefill = speed_of(steps, "decode"), speed_of(steps, "prefill")
         tag = {
             "workload": sc["workload"],
             "load": sc["load"],
             "rate": sc["rate"],
             "repeat": rep,
-            "speed": speed,
-            "run_speed": run_speed,
+            "speed": decode_speed,
+            "prefill_speed": prefill_speed,
+            "run_speed": run_decode,
+            "run_prefill_speed": run_prefill,
             "loadavg": load_before,
         }
         for variant, m, exact in (
             ("raw", model, True),
-            ("adjusted", model.with_speed(speed), True),
-            ("run_speed", model.with_speed(run_speed), True),
-            ("batchshape", model.with_speed(speed), False),
+            ("adjusted", model.with_speed(decode_speed, prefill_speed), True),
+            ("adjusted_one_speed", model.with_speed(speed), True),
+            ("run_speed", model.with_speed(run_decode, run_prefill), True),
+            ("batchshape", model.with_speed(decode_speed, prefill_speed), False),
         ):
             run = simulate_calibrated(sim_cfg, wl, m, max_length=cfg.max_length, exact=exact)
             if variant == "raw":
                 raw_sims[int(k % len(todo))] = run
             rows = error_rows(real.requests, run.requests, real.steps, run.result.steps)
             error_frames.append(pd.DataFrame(rows).assign(**tag, variant=variant))
-            if variant != "batchshape":
+            if variant not in ("batchshape", "adjusted_one_speed"):
                 request_frames.append(per_request(real.requests, run.requests).assign(**tag, variant=variant))
         runs = reals.setdefault(int(k % len(todo)), [])
         runs.append(real)
@@ -258,32 +266,40 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
             rows = error_rows(first.requests, real.requests, first.steps, real.steps)
             error_frames.append(pd.DataFrame(rows).assign(**tag, variant="real_repeat"))
         step_frames.append(steps.assign(**tag))
-        probes.append({**tag, "speed_before": before, "speed_after": after})
-        e = pd.concat(error_frames[-5:])
+        probes.append({**tag, "probe_before": asdict(before), "probe_after": asdict(after)})
+        e = pd.concat(error_frames[-6:])
         e2e = e[(e["metric"] == "e2e") & (e["statistic"] == "median_abs")].groupby("variant")["error_pct"].last()
         log(
             f"{sc['workload']:>10} load {sc['load']:.2f} ({sc['rate']:.1f} req/s, {len(wl)} req): real "
-            f"{real.wall_s:.1f} s, loadavg {load_before:.1f}, speed probe {speed:.3f} / run {run_speed:.3f}; "
-            f"median |E2E err| raw {e2e['raw']:.1f}%, adjusted {e2e['adjusted']:.1f}%, "
+            f"{real.wall_s:.1f} s, loadavg {load_before:.1f}, speed decode/prefill: probe {decode_speed:.3f}/"
+            f"{prefill_speed:.3f}, run {run_decode:.3f}/{run_prefill:.3f}; median |E2E err| raw {e2e['raw']:.1f}%, "
+            f"adjusted {e2e['adjusted']:.1f}% (one speed {e2e['adjusted_one_speed']:.1f}%), "
             f"run-speed {e2e['run_speed']:.1f}%"
             + (f", real vs real {e2e['real_repeat']:.1f}%" if "real_repeat" in e2e and first is not real else "")
         )
-    # The median runs are spread over the session (rounds), so the speed they ran at is the session's: the median of
-    # all its probes (~2 per run), which one misjudged probe cannot move as it moves a workload's 3.
-    session_speed = float(np.median([p[key] for p in probes for key in ("speed_before", "speed_after")]))
+    # The median runs are spread over the session (rounds), so the speeds they ran at are the session's: the medians
+    # of all its probes (~2 per run), which one misjudged probe cannot move as it moves a workload's 3.
+    session = {
+        f: float(np.median([p[key][f] for p in probes for key in ("probe_before", "probe_after")]))
+        for f in ("speed", "decode_speed", "prefill_speed")
+    }
+    adjusted = {
+        "adjusted_vs_median": model.with_speed(session["decode_speed"], session["prefill_speed"]),
+        "adjusted_one_speed_vs_median": model.with_speed(session["speed"]),
+    }
     for j, runs in reals.items():
         if len(runs) > 1:
             sc = todo[j]
-            frames = against_median(runs, sc["trace"], raw_sims[j], model.with_speed(session_speed), sim_cfg, cfg)
+            frames = against_median(runs, sc["trace"], raw_sims[j], adjusted, sim_cfg, cfg)
             tag = {"workload": sc["workload"], "load": sc["load"], "rate": sc["rate"], "repeat": -1,
-                   "speed": session_speed}  # fmt: skip
+                   "speed": session["decode_speed"], "prefill_speed": session["prefill_speed"]}  # fmt: skip
             error_frames += [f.assign(**tag) for f in frames]
             e = pd.concat(frames).query("metric == 'e2e' and statistic == 'median_abs'")
             e2e = e.groupby("variant")["error_pct"].median()
             log(
                 f"{sc['workload']:>10} load {sc['load']:.2f}, per-request median of {len(runs)} real runs: "
-                f"median |E2E err| raw {e2e['raw_vs_median']:.1f}%, adjusted {e2e['adjusted_vs_median']:.1f}%, "
-                f"one real run {e2e['real_vs_median']:.1f}%"
+                f"median |E2E err| raw {e2e['raw_vs_median']:.1f}%, adjusted {e2e['adjusted_vs_median']:.1f}% "
+                f"(one speed {e2e['adjusted_one_speed_vs_median']:.1f}%), one real run {e2e['real_vs_median']:.1f}%"
             )
     plans_real, plans_sim, plans_diff, closed_rows = closed_check(cfg, surge, model)
     errors = pd.concat(error_frames + [closed_rows], ignore_index=True)
@@ -297,18 +313,23 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
 
 
 def against_median(
-    runs: list, workload: Workload, raw_sim, adjusted: CalibratedLatencyModel, sim_cfg: SimConfig, cfg: ValidationConfig
+    runs: list,
+    workload: Workload,
+    raw_sim,
+    adjusted: dict[str, CalibratedLatencyModel],
+    sim_cfg: SimConfig,
+    cfg: ValidationConfig,
 ) -> list[pd.DataFrame]:
     """Error rows of the simulator against the per-request median of several real runs of one workload
-    (``raw_vs_median``: the profile as shipped; ``adjusted_vs_median``: ``adjusted``, the session's median probe
-    speed), and of
-    each real run against the median of the others (``real_vs_median``: what one run's noise alone costs)."""
+    (``raw_vs_median``: the profile as shipped; then each of ``adjusted``, variant name -> model), and of each
+    real run against the median of the others (``real_vs_median``: what one run's noise alone costs)."""
     first = runs[0]
     reference = median_run([r.requests for r in runs])
-    adj = simulate_calibrated(sim_cfg, workload, adjusted, max_length=cfg.max_length)
+    sims = {"raw_vs_median": raw_sim}
+    sims |= {name: simulate_calibrated(sim_cfg, workload, m, max_length=cfg.max_length) for name, m in adjusted.items()}
     frames = [
         pd.DataFrame(error_rows(reference, sim.requests, first.steps, sim.result.steps)).assign(variant=name)
-        for name, sim in (("raw_vs_median", raw_sim), ("adjusted_vs_median", adj))
+        for name, sim in sims.items()
     ]
     for i, run in enumerate(runs):
         others = median_run([r.requests for j, r in enumerate(runs) if j != i])
@@ -351,6 +372,13 @@ def closed_check(cfg: ValidationConfig, surge, model: CalibratedLatencyModel):
     return real.plans, stepped.plans, diff, rows
 
 
+def probe_adjusted(steps: pd.DataFrame) -> pd.Series:
+    """The real runs' steps as the adjusted simulator times them: predicted at the probe's speed of their kind
+    (a validation saved before prefill and decode steps had their own speed has one ``speed``)."""
+    prefill = steps["prefill_speed"] if "prefill_speed" in steps else steps["speed"]
+    return steps["predicted_s"] * np.where(steps["num_prefill_seqs"] > 0, prefill, steps["speed"])
+
+
 def summarize_validation(v: Validation, profile: Profile, probes: list[dict], wall_s: float) -> dict:
     e = v.errors
     headline = (
@@ -365,7 +393,7 @@ def summarize_validation(v: Validation, profile: Profile, probes: list[dict], wa
         .round(2)
     )
     s = v.steps.dropna(subset=["period_s"])
-    step_err = 100 * (s["predicted_s"] * s["speed"] / s["period_s"] - 1)
+    step_err = 100 * (probe_adjusted(s) / s["period_s"] - 1)
     step_err_raw = 100 * (s["predicted_s"] / s["period_s"] - 1)
     closed_rows = e[e["workload"] == "closed"].set_index("metric")
     return {
@@ -476,7 +504,7 @@ def plot(v: Validation, path: Path) -> Path:
     ax.legend(fontsize=7, ncol=2)
     ax = axes[1, 0]
     s = v.steps.dropna(subset=["period_s"])
-    ax.scatter(1e3 * s["period_s"], 1e3 * s["predicted_s"] * s["speed"], s=4, alpha=0.4)
+    ax.scatter(1e3 * s["period_s"], 1e3 * probe_adjusted(s), s=4, alpha=0.4)
     lim = [1e3 * s["period_s"].min(), 1e3 * s["period_s"].max()]
     ax.plot(lim, lim, "k-", lw=0.8)
     med = v.summary.get("step_period_error_pct", {}).get("median_abs", np.nan)

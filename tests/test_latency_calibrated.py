@@ -88,6 +88,29 @@ def test_every_count_costs_time(model: CalibratedLatencyModel) -> None:
     assert t([256], [256]) > t([64], [64]) > 0
 
 
+def test_prefill_speed_scales_only_steps_with_a_prefill_chunk(model: CalibratedLatencyModel) -> None:
+    both = model.with_speed(0.9, prefill_speed=0.8)
+    t, t2 = model.step_time_chunks, both.step_time_chunks
+    decode, prefill, mixed = ([1] * 4, [100] * 4), ([128], [128]), ([64, 1, 1], [64, 90, 200])
+    assert t2(*decode) == pytest.approx(0.9 * t(*decode), rel=1e-12)
+    assert t2(*prefill) == pytest.approx(0.8 * t(*prefill), rel=1e-12)
+    assert t2(*mixed) == pytest.approx(0.8 * t(*mixed), rel=1e-12)  # a decode riding along a prefill chunk
+    runs = both.decode_run_times_for([50, 70], 30), model.decode_run_times_for([50, 70], 30)
+    np.testing.assert_allclose(runs[0], 0.9 * runs[1], rtol=1e-12)
+    one = model.with_speed(0.9)  # one speed for both kinds, as before
+    assert one.prefill_speed == 0.9 and one.step_time_chunks(*prefill) == pytest.approx(0.9 * t(*prefill), rel=1e-12)
+    reg = get_latency_model("calibrated", accelerator="h100-80gb", model="tiny-bench", speed=0.9, prefill_speed=0.8)
+    assert (reg.speed, reg.prefill_speed) == (0.9, 0.8)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "fast"])
+def test_a_speed_that_is_not_a_positive_number_is_refused(model: CalibratedLatencyModel, bad: object) -> None:
+    with pytest.raises(ValueError, match="speed must be a finite number > 0"):
+        model.with_speed(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefill_speed must be a finite number > 0"):
+        model.with_speed(1.0, prefill_speed=bad)  # type: ignore[arg-type]
+
+
 def test_features_follow_the_kernel_and_the_buckets() -> None:
     geo = EngineGeometry(16, (8, 16, 32, 64, 128, 256), (1, 2, 4, 8, 16), pages_per_seq=32)
     f = step_features([1, 1, 1], [10, 300, 40], geo)

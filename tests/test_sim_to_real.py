@@ -64,6 +64,8 @@ def test_closed_workload_plans_match_step_for_step(validation: Validation) -> No
 def test_open_workload_errors_are_bounded(validation: Validation) -> None:
     run_speed = float(validation.steps["run_speed"].iloc[0])
     assert 1 / 3 < run_speed < 3, "this machine is not the one the shipped profile describes"
+    for kind in ("speed", "prefill_speed", "run_prefill_speed"):  # the probe and the run measured both kinds
+        assert 1 / 3 < float(validation.steps[kind].iloc[0]) < 3, kind
     errors = validation.summary["headline_error_pct"]  # every variant's errors, for the failure message
     assert _err(validation, "run_speed", "e2e", "median_abs") < RUN_SPEED_E2E_MEDIAN_ABS, (run_speed, errors)
     assert _err(validation, "adjusted", "e2e", "median_abs") < ADJUSTED_E2E_MEDIAN_ABS, (run_speed, errors)

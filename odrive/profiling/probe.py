@@ -3,7 +3,11 @@
 A shared machine's speed drifts with other users' load, and its CPU share depends on what the engine just did
 (long stretches of one shape vs. prefills between decodes, idle gaps). The probe replays a fixed small Poisson
 workload (not the one being validated) on the real engine and compares its measured step periods with the
-calibrated model's prediction for exactly those batches: ``speed = sum(measured) / sum(predicted)``.
+calibrated model's prediction for exactly those batches: ``speed = sum(measured) / sum(predicted)``, over all
+steps, over decode-only steps (``decode_speed``) and over steps with a prefill chunk (``prefill_speed``). The
+two kinds need not drift alike: compute-bound prefill matmuls and overhead-bound small decode steps load a
+machine differently (on this 2-core machine the prefills of one session ran ~8 % further from the profile
+than its decode steps). ``CalibratedLatencyModel.with_speed(decode_speed, prefill_speed)`` applies both.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from sim.workloads import Uniform, Workload, poisson_workload
 
 @dataclass(frozen=True)
 class SpeedProbe:
-    """``speed``: measured / predicted total period of the probe run's back-to-back steps."""
+    """Measured / predicted total period of the probe run's back-to-back steps: all of them (``speed``), the
+    decode-only ones (``decode_speed``) and those with a prefill chunk (``prefill_speed``)."""
 
     speed: float
     num_steps: int
     seconds: float
+    decode_speed: float = 1.0
+    prefill_speed: float = 1.0
 
 
 def predict_steps(steps: pd.DataFrame, model: CalibratedLatencyModel, geometry: EngineGeometry) -> pd.DataFrame:
@@ -35,14 +42,20 @@ def predict_steps(steps: pd.DataFrame, model: CalibratedLatencyModel, geometry: 
     penalty when the compiled shape changed or the engine was idle (as the simulator charges it)."""
     steps = steps.copy()
     features, switched, idle = step_shapes(steps, geometry)
-    predicted = [model.time_of(f, sw, i) / model.speed for f, sw, i in zip(features, switched, idle, strict=True)]
+    unit = model.with_speed(1.0) if (model.speed, model.prefill_speed) != (1.0, 1.0) else model
+    predicted = [unit.time_of(f, sw, i) for f, sw, i in zip(features, switched, idle, strict=True)]
     steps["predicted_s"], steps["switched"] = predicted, switched
     return steps
 
 
-def speed_of(steps: pd.DataFrame) -> float:
-    """Measured over predicted time of the back-to-back steps of :func:`predict_steps` output."""
+def speed_of(steps: pd.DataFrame, kind: str = "all") -> float:
+    """Measured over predicted time of the back-to-back steps of :func:`predict_steps` output: ``kind`` "all",
+    "decode" (decode-only steps) or "prefill" (steps with a prefill chunk); 1.0 when there is no such step."""
     s = steps.dropna(subset=["period_s"])
+    if kind != "all":
+        if kind not in ("decode", "prefill"):
+            raise ValueError(f"kind must be 'all', 'decode' or 'prefill', got {kind!r}")
+        s = s[(s["num_prefill_seqs"] > 0) == (kind == "prefill")]
     return float(s["period_s"].sum() / s["predicted_s"].sum()) if len(s) else 1.0
 
 
@@ -62,7 +75,13 @@ def measure_speed(
     t0 = time.perf_counter()
     wl = workload or probe_workload(surge.engine.scheduler.config.max_prefill_length, seed)
     steps = predict_steps(replay(surge, wl, seed=seed).steps, model, geometry)
-    return SpeedProbe(speed_of(steps), int(steps["period_s"].notna().sum()), time.perf_counter() - t0)
+    return SpeedProbe(
+        speed_of(steps),
+        int(steps["period_s"].notna().sum()),
+        time.perf_counter() - t0,
+        decode_speed=speed_of(steps, "decode"),
+        prefill_speed=speed_of(steps, "prefill"),
+    )
 
 
 def geometric_mean(*speeds: float) -> float:

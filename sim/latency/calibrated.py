@@ -5,7 +5,9 @@ non-negative linear fit to the profile's settled step medians times its measured
 ``overhead`` the engine loop's measured cost outside the executor (:mod:`odrive.profiling.fit`). The features
 reproduce what the real step computes: ``BatchBuilder``'s token and sequence buckets and the blocked attention
 kernel's loop trips (:mod:`odrive.profiling.features`). ``speed`` (default 1: the machine as profiled) scales
-everything, e.g. by a load factor measured on a shared machine.
+everything, e.g. by a load factor measured on a shared machine; ``prefill_speed`` (default: ``speed``) replaces
+it for steps that compute a prefill chunk: a machine's speed need not drift alike for compute-bound prefill
+matmuls and overhead-bound decode steps (:mod:`odrive.profiling.probe` measures both).
 
 Two ways in:
 
@@ -48,6 +50,7 @@ from sim.latency.batch_shape import BatchShape
 from sim.latency.registry import register_latency_model
 from sim.model_spec import ModelSpec
 
+_PREFILL_SEQS = FEATURE_COLUMNS.index("num_prefill_seqs")
 _SPEC_TO_HF = {
     "num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_q_heads": "num_attention_heads",
     "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate_size": "intermediate_size",
@@ -67,8 +70,9 @@ class CalibratedLatencyModel(LatencyModel):
 
     ``geometry``: the target engine's buckets for the ``BatchShape`` path (default :func:`generic_geometry`
     of ``page_size``, itself defaulting to the profile's first page size). ``speed``: a factor on every
-    time (1 = the machine as profiled; >1 = slower, e.g. a measured load factor). ``host_overhead``: add the
-    engine loop's measured overhead (scheduling, bookkeeping) to the executor time.
+    time (1 = the machine as profiled; >1 = slower, e.g. a measured load factor); ``prefill_speed``: the
+    factor for steps with a prefill chunk instead (default: ``speed``). ``host_overhead``: add the engine
+    loop's measured overhead (scheduling, bookkeeping) to the executor time.
     """
 
     def __init__(
@@ -78,17 +82,20 @@ class CalibratedLatencyModel(LatencyModel):
         geometry: EngineGeometry | None = None,
         page_size: int | None = None,
         speed: float = 1.0,
+        prefill_speed: float | None = None,
         host_overhead: bool = True,
         switch_penalty: bool = True,
         fit: ProfileFit | None = None,
     ) -> None:
         self.profile = profile if isinstance(profile, Profile) else Profile.load(profile)
-        if not speed > 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
+        for name, value in (("speed", speed), ("prefill_speed", speed if prefill_speed is None else prefill_speed)):
+            if not (isinstance(value, int | float | np.floating) and np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         self.fit = fit or fit_profile(self.profile, cross_validate=False)
         self.page_size = page_size or int(self.profile.meta["page_sizes"][0])
         self.geometry = geometry or generic_geometry(self.page_size)
         self.speed = float(speed)
+        self.prefill_speed = self.speed if prefill_speed is None else float(prefill_speed)
         self.host_overhead = host_overhead
         self.switch_penalty = switch_penalty
         self.switch_penalty_s = self.fit.switch_penalty_s if switch_penalty else 0.0
@@ -102,7 +109,11 @@ class CalibratedLatencyModel(LatencyModel):
         switch cost, rows flagged ``idle`` (the engine idled; also ``switched``) the wake-up cost."""
         if not self.switch_penalty:
             switched = idle = 0.0
-        return self.speed * self.fit.predict_period(rows, switched, self.host_overhead, idle)
+        period = self.fit.predict_period(rows, switched, self.host_overhead, idle)
+        if self.prefill_speed == self.speed:
+            return self.speed * period
+        with_prefill = rows[:, _PREFILL_SEQS] > 0
+        return np.where(with_prefill, self.prefill_speed, self.speed) * period
 
     def time_of(self, features: StepFeatures, switched: bool = False, idle: bool = False) -> float:
         row = np.array([[getattr(features, c) for c in FEATURE_COLUMNS]], dtype=np.float64)
@@ -188,13 +199,15 @@ class CalibratedLatencyModel(LatencyModel):
             host_bandwidth=host_bandwidth,
         )  # fmt: skip
 
-    def with_speed(self, speed: float) -> CalibratedLatencyModel:
-        """The same model with every time multiplied by ``speed`` (shares the fit)."""
+    def with_speed(self, speed: float, prefill_speed: float | None = None) -> CalibratedLatencyModel:
+        """The same model (sharing the fit) at ``speed``, and ``prefill_speed`` for steps with a prefill chunk
+        (default: ``speed``): the times of the machine as profiled are multiplied by them."""
         return CalibratedLatencyModel(
             self.profile,
             geometry=self.geometry,
             page_size=self.page_size,
             speed=speed,
+            prefill_speed=prefill_speed,
             host_overhead=self.host_overhead,
             switch_penalty=self.switch_penalty,
             fit=self.fit,
@@ -301,6 +314,7 @@ def calibrated_latency_model(
     profile: str | Path | Profile | None = None,
     page_size: int | None = None,
     speed: float = 1.0,
+    prefill_speed: float | None = None,
     strict: bool = True,
     tp: int = 1,
     **kw: Any,
@@ -317,4 +331,4 @@ def calibrated_latency_model(
     prof = profile if isinstance(profile, Profile) else Profile.load(profile)
     if strict:
         check_model_matches(prof, model)
-    return CalibratedLatencyModel(prof, page_size=page_size, speed=speed, **kw)
+    return CalibratedLatencyModel(prof, page_size=page_size, speed=speed, prefill_speed=prefill_speed, **kw)

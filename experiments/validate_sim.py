@@ -464,10 +464,10 @@ def plot(v: Validation, path: Path) -> Path:
     if (e["variant"] == "raw_vs_median").any():  # several real runs: judged against each request's median
         variants = (("raw_vs_median", "-"), ("adjusted_vs_median", "--"), ("real_vs_median", ":"))
         title = ("Poisson: sim vs the per-request median of the real runs\n(solid: profile as shipped, dashed: "
-                 "probe speed, dotted: one real run vs the others)")  # fmt: skip
+                 "probe speeds, dotted: one real run vs the others)")  # fmt: skip
     else:
         variants = (("raw", "-"), ("adjusted", "--"), ("run_speed", ":"))
-        title = "Poisson: sim vs real (solid: profile as shipped, dashed: probe speed, dotted: run speed)"
+        title = "Poisson: sim vs real (solid: profile as shipped, dashed: probe speeds, dotted: run speeds)"
     for metric, stat, color in (
         ("e2e", "median_abs", "C0"),
         ("ttft", "median_abs", "C1"),

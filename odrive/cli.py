@@ -11,6 +11,7 @@ SUBCOMMAND_MODULES = (
     "sim.cli",  # odrive sim
     "odrive.server.cli",  # odrive serve
     "odrive.profiling.cli",  # odrive profile
+    "odrive.profiling.probe_cli",  # odrive probe
 )
 
 

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-model", default="roofline", help=f"one of {LATENCY_MODELS.names()}")
     p.add_argument("--profile", default=None,
                    help="measured profile for --latency-model calibrated (default: the shipped one of --model)")
+    p.add_argument("--latency-arg", dest="latency_args", action="append", default=[], type=_option,
+                   metavar="NAME=VALUE", help="a latency model option, repeatable (e.g. for calibrated: speed=0.9, "
+                   "prefill_speed=0.86, the machine's speed now vs. its profile's, as the probe measures it)")
     p.add_argument("--scheduler", default="fcfs", help=f"one of {SCHEDULERS.names()}")
     p.add_argument("--scheduler-arg", dest="scheduler_kwargs", action="append", default=[], type=_option,
                    metavar="NAME=VALUE", help="a policy option, repeatable (e.g. predictor=bucket-mean, aging=50)")
@@ -86,8 +89,9 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig
         allocator_kwargs=tuple(args.allocator_kwargs),
         preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space_gib,
         tensor_parallel_size=args.tensor_parallel_size,
-        latency_kwargs=(("profile", args.profile), ("page_size", args.page_size))
-        if args.latency_model == "calibrated" else (),
+        latency_kwargs=(
+            (("profile", args.profile), ("page_size", args.page_size)) if args.latency_model == "calibrated" else ()
+        ) + tuple(args.latency_args),
     )  # fmt: skip
     fields.update(overrides)
     return SimConfig(**fields)  # type: ignore[arg-type]

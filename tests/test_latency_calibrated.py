@@ -254,6 +254,25 @@ def test_odrive_sim_cli_accepts_the_calibrated_model(tmp_path) -> None:
     assert rc == 0 and (tmp_path / "summary.csv").is_file()
 
 
+def test_odrive_sim_cli_passes_latency_model_options(tmp_path) -> None:
+    import pandas as pd
+
+    from odrive.cli import main
+    from odrive.errors import ConfigError
+
+    base = ["sim", "--latency-model", "calibrated", "--model", "tiny-bench", "--profile", str(SHIPPED),
+            "--workload", "poisson:rate=1000,n=40,prompt=64,output=16", "--num-pages", "400",
+            "--max-prefill-length", "256", "--max-concurrent-decodes", "16", "--no-progress"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "as_profiled")]) == 0
+    faster = ["--latency-arg", "speed=0.5", "--latency-arg", "prefill-speed=0.5"]
+    assert main([*base, *faster, "--out", str(tmp_path / "twice_as_fast")]) == 0
+    durations = [float(pd.read_csv(tmp_path / run / "summary.csv", index_col=0)["value"]["duration_s"])
+                 for run in ("as_profiled", "twice_as_fast")]  # fmt: skip
+    assert durations[1] == pytest.approx(durations[0] / 2, rel=0.05)  # arrivals within 40 ms: busy time halves
+    with pytest.raises(ConfigError, match="latency model 'calibrated' rejected options.*warp"):
+        main([*base, "--latency-arg", "warp=9", "--out", str(tmp_path / "bad")])
+
+
 # --- the simulator builds the exact executor (LatencyModel.make_executor) ------------------------------------
 
 

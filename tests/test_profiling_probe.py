@@ -49,3 +49,30 @@ def test_speed_of_each_kind_of_step() -> None:
 def test_geometric_mean() -> None:
     assert geometric_mean(0.5, 2.0) == pytest.approx(1.0)
     assert geometric_mean(0.9) == pytest.approx(0.9)
+
+
+def test_odrive_probe_prints_the_speeds_and_the_flags_that_apply_them(capsys) -> None:
+    import json
+
+    from odrive.cli import main
+
+    profile = PROFILE_DIR / "cpu-tiny-bench-f32.csv"  # unpinned: JAX already runs in this process
+    rc = main(["probe", "--tiny-bench", "--profile", str(profile), "--probes", "2", "--pin-cores", "no",
+               "--max-prefill-length", "128", "--max-concurrent-decodes", "8", "--max-length", "256"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    result = json.loads(out[: out.rindex("}") + 1])
+    assert len(result["probes"]) == 2 and all(p["num_steps"] > 16 for p in result["probes"])
+    for kind in ("speed", "decode_speed", "prefill_speed"):
+        assert 1 / 3 < result[kind] < 3, (kind, result)  # this machine, give or take other users' load
+    assert f"--latency-arg prefill_speed={result['prefill_speed']:.4f}" in out
+
+
+def test_a_probe_of_another_model_than_the_profiled_one_is_refused() -> None:
+    from odrive.profiling.probe_cli import check_same_model
+    from odrive.profiling.profile import Profile
+
+    profile = Profile.load(PROFILE_DIR / "cpu-tiny-bench-f32.csv")
+    check_same_model(profile, dict(profile.meta["model"]["config"]))
+    with pytest.raises(ValueError, match="another model.*hidden_size: 512 vs 256"):
+        check_same_model(profile, {**profile.meta["model"]["config"], "hidden_size": 512})

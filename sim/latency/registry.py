@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from odrive.errors import ConfigError
 from odrive.registry import Registry
 from sim.hardware import Accelerator, get_accelerator
 from sim.latency.base import LatencyModel
@@ -27,7 +28,14 @@ def register_latency_model(
 
 
 def get_latency_model(name: str, *, accelerator: Accelerator | str, model: ModelSpec | str, **kw: Any) -> LatencyModel:
-    """Build latency model ``name``; ``accelerator``/``model`` may be preset names."""
+    """Build latency model ``name``; ``accelerator``/``model`` may be preset names; ``kw`` are the model's
+    options (e.g. the calibrated model's ``profile``, ``speed``, ``prefill_speed``)."""
     acc = get_accelerator(accelerator) if isinstance(accelerator, str) else accelerator
     spec = get_model_spec(model) if isinstance(model, str) else model
-    return LATENCY_MODELS.get(name)(accelerator=acc, model=spec, **kw)
+    factory = LATENCY_MODELS.get(name)
+    try:
+        return factory(accelerator=acc, model=spec, **kw)
+    except TypeError as err:
+        if not kw:
+            raise
+        raise ConfigError(f"latency model {name!r} rejected options {sorted(kw)}: {err}") from err

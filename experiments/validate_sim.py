@@ -60,7 +60,7 @@ import pandas as pd  # noqa: E402
 
 from odrive.profiling.compare import error_rows, median_run, per_request  # noqa: E402
 from odrive.profiling.features import EngineGeometry  # noqa: E402
-from odrive.profiling.pinning import current_pinning, pin_compute_and_host  # noqa: E402
+from odrive.profiling.pinning import PIN_MODES, current_pinning, pin_as_profiled  # noqa: E402
 from odrive.profiling.plans import compare_plans  # noqa: E402
 from odrive.profiling.profile import PROFILE_DIR, Profile  # noqa: E402
 from odrive.profiling.simrun import simulate_calibrated  # noqa: E402
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replot", action="store_true", help="redraw OUT's figure from its saved tables; run nothing")
     p.add_argument(
         "--pin",
-        choices=("profile", "yes", "no"),
+        choices=PIN_MODES,
         default="profile",
         help="XLA compute and the engine loop on separate cores (default: as the profile was measured)",
     )
@@ -555,10 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         print(f"wrote {plot(load(args.out), args.out / 'validate_sim.png')}")
         return 0
-    pin_as = Profile.load(args.profile).meta.get("host", {}).get("pinning")
-    if args.pin == "yes" or (args.pin == "profile" and pin_as):
-        cores = [set(pin_as["compute_cores"]), set(pin_as["host_cores"])] if pin_as else []
-        print(f"pinned: {pin_compute_and_host(*cores)}")
+    pinned = pin_as_profiled(Profile.load(args.profile).meta, args.pin)
+    if pinned:
+        print(f"pinned: {pinned}")
     cfg = replace(FULL if args.full else SMALL, profile=args.profile, seed=args.seed, probe=not args.no_probe)
     if args.repeats is not None:
         if args.repeats < 1:

@@ -54,3 +54,24 @@ def test_overlapping_cores_are_a_named_error() -> None:
     code = "from odrive.profiling.pinning import pin_compute_and_host; pin_compute_and_host({0}, {0})"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "must be disjoint" in out.stderr
+
+
+def test_pinning_as_profiled_follows_the_profiles_record() -> None:
+    from odrive.profiling.pinning import pin_as_profiled
+
+    unpinned_profile = {"host": {"pinning": None}}
+    assert pin_as_profiled(unpinned_profile, "profile") is None  # measured unpinned: validated unpinned
+    assert pin_as_profiled({"host": {"pinning": {"compute_cores": [0], "host_cores": [1]}}}, "no") is None
+    with pytest.raises(ValueError, match="pinning mode must be one of"):
+        pin_as_profiled(unpinned_profile, "always")
+
+
+@two_cores
+def test_pinning_as_profiled_uses_the_recorded_cores() -> None:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    meta = {"host": {"pinning": {"compute_cores": [second], "host_cores": [first]}}}  # not the default order
+    code = f"import json; from odrive.profiling.pinning import pin_as_profiled as p; print(json.dumps(p({meta})))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == meta["host"]["pinning"]

@@ -68,6 +68,21 @@ def pin_compute_and_host(compute: set[int] | None = None, host: set[int] | None 
     return {"compute_cores": sorted(compute), "host_cores": sorted(host)}
 
 
+PIN_MODES = ("profile", "yes", "no")
+
+
+def pin_as_profiled(profile_meta: dict, mode: str = "profile") -> dict[str, list[int]] | None:
+    """Pin as the profile with metadata ``profile_meta`` was measured (``mode`` "profile": its recorded cores,
+    none if it was measured unpinned), on the default cores ("yes") or not at all ("no"). Returns the pinning."""
+    if mode not in PIN_MODES:
+        raise ValueError(f"pinning mode must be one of {PIN_MODES}, got {mode!r}")
+    pinned_as = profile_meta.get("host", {}).get("pinning")
+    if mode == "no" or (mode == "profile" and not pinned_as):
+        return None
+    cores = [set(pinned_as["compute_cores"]), set(pinned_as["host_cores"])] if pinned_as else []
+    return pin_compute_and_host(*cores)
+
+
 def current_pinning() -> dict[str, list[int]] | None:
     """The pinning in effect (XLA's compute threads' cores and this thread's), or None when they share cores."""
     pools = _threads().get(XLA_POOL_THREAD)

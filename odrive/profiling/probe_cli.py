@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from odrive.profiling.pinning import PIN_MODES, pin_as_profiled
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
@@ -25,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--pin-cores",
-        choices=("profile", "yes", "no"),
+        choices=PIN_MODES,
         default="profile",
         help="XLA compute and the engine loop on separate cores (default: as the profile was measured)",
     )
@@ -37,12 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from odrive.profiling.profile import Profile
 
     profile = Profile.load(args.profile)
-    pin_as = profile.meta.get("host", {}).get("pinning")
-    if args.pin_cores == "yes" or (args.pin_cores == "profile" and pin_as):
-        from odrive.profiling.pinning import pin_compute_and_host
-
-        cores = [set(pin_as["compute_cores"]), set(pin_as["host_cores"])] if pin_as else []
-        print(f"pinned: {pin_compute_and_host(*cores)}")
+    pinned = pin_as_profiled(profile.meta, args.pin_cores)
+    if pinned:
+        print(f"pinned: {pinned}")
     result = probe_machine(profile, args)
     print(json.dumps(result, indent=2))
     print(

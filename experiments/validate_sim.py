@@ -239,9 +239,9 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
             "load": sc["load"],
             "rate": sc["rate"],
             "repeat": rep,
-            "speed": decode_speed,
+            "decode_speed": decode_speed,
             "prefill_speed": prefill_speed,
-            "run_speed": run_decode,
+            "run_decode_speed": run_decode,
             "run_prefill_speed": run_prefill,
             "loadavg": load_before,
         }
@@ -292,7 +292,7 @@ def run_validation(cfg: ValidationConfig = SMALL, out: Path | None = None, log=p
             sc = todo[j]
             frames = against_median(runs, sc["trace"], raw_sims[j], adjusted, sim_cfg, cfg)
             tag = {"workload": sc["workload"], "load": sc["load"], "rate": sc["rate"], "repeat": -1,
-                   "speed": session["decode_speed"], "prefill_speed": session["prefill_speed"]}  # fmt: skip
+                   "decode_speed": session["decode_speed"], "prefill_speed": session["prefill_speed"]}  # fmt: skip
             error_frames += [f.assign(**tag) for f in frames]
             e = pd.concat(frames).query("metric == 'e2e' and statistic == 'median_abs'")
             e2e = e.groupby("variant")["error_pct"].median()
@@ -374,9 +374,10 @@ def closed_check(cfg: ValidationConfig, surge, model: CalibratedLatencyModel):
 
 def probe_adjusted(steps: pd.DataFrame) -> pd.Series:
     """The real runs' steps as the adjusted simulator times them: predicted at the probe's speed of their kind
-    (a validation saved before prefill and decode steps had their own speed has one ``speed``)."""
-    prefill = steps["prefill_speed"] if "prefill_speed" in steps else steps["speed"]
-    return steps["predicted_s"] * np.where(steps["num_prefill_seqs"] > 0, prefill, steps["speed"])
+    (a validation saved before prefill and decode steps had their own speeds has one ``speed``)."""
+    if "decode_speed" not in steps:
+        return steps["predicted_s"] * steps["speed"]
+    return steps["predicted_s"] * np.where(steps["num_prefill_seqs"] > 0, steps["prefill_speed"], steps["decode_speed"])
 
 
 def summarize_validation(v: Validation, profile: Profile, probes: list[dict], wall_s: float) -> dict:

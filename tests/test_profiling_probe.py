@@ -3,6 +3,8 @@ predictions at the machine-as-profiled speed whatever speed the model was given.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,11 +70,13 @@ def test_odrive_probe_prints_the_speeds_and_the_flags_that_apply_them(capsys) ->
     assert f"--latency-arg prefill_speed={result['prefill_speed']:.4f}" in out
 
 
-def test_a_probe_of_another_model_than_the_profiled_one_is_refused() -> None:
-    from odrive.profiling.probe_cli import check_same_model
-    from odrive.profiling.profile import Profile
+def test_a_probe_of_another_model_than_the_profiled_one_is_refused(tmp_path) -> None:
+    from odrive.cli import main
+    from odrive.models.checkpoint import save_model
+    from odrive.profiling.profiler import TINY_BENCH, tiny_bench_model
 
-    profile = Profile.load(PROFILE_DIR / "cpu-tiny-bench-f32.csv")
-    check_same_model(profile, dict(profile.meta["model"]["config"]))
-    with pytest.raises(ValueError, match="another model.*hidden_size: 512 vs 256"):
-        check_same_model(profile, {**profile.meta["model"]["config"], "hidden_size": 512})
+    wider = dataclasses.replace(TINY_BENCH, intermediate_size=1024)
+    save_model(tiny_bench_model(config=wider), tmp_path / "wider")
+    profile = PROFILE_DIR / "cpu-tiny-bench-f32.csv"
+    with pytest.raises(ValueError, match="measured on tiny-bench.*intermediate_size: 1024 vs 512"):
+        main(["probe", "--model", str(tmp_path / "wider"), "--profile", str(profile), "--pin-cores", "no"])

@@ -61,7 +61,8 @@ def probe_machine(profile, args: argparse.Namespace) -> dict:
     from odrive.profiling.profiler import tiny_bench_model
     from odrive.profiling.replay import warm_up
     from odrive.vsurge.driver import vSurge
-    from sim.latency.calibrated import CalibratedLatencyModel
+    from sim.latency.calibrated import CalibratedLatencyModel, check_model_matches
+    from sim.model_spec import ModelSpec
 
     dtype = profile.meta["model"]["dtype"]
     if args.tiny_bench:
@@ -70,7 +71,7 @@ def probe_machine(profile, args: argparse.Namespace) -> dict:
         from odrive.models.checkpoint import load_model
 
         model = load_model(args.model, dtype=dtype)
-    check_same_model(profile, model.config.to_hf_dict())
+    check_model_matches(profile, ModelSpec.from_hf_config(model.config.to_hf_dict(), name=str(args.model or "")))
     page_size = args.page_size or int(profile.meta["page_sizes"][0])
     surge = vSurge.create_odriver(
         model=model, max_prefill_length=args.max_prefill_length, page_size=page_size, max_concurrent_prefill=1,
@@ -88,19 +89,6 @@ def probe_machine(profile, args: argparse.Namespace) -> dict:
         "probes": [{k: round(getattr(p, k), 4) for k in (*kinds, "num_steps", "seconds")} for p in probes],
         "warm_up_s": round(warm_s, 1),
     }
-
-
-SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim")  # fmt: skip
-
-
-def check_same_model(profile, config: dict) -> None:
-    """Raise ``ValueError`` when the model's shape is not the profiled model's: its speed would mean nothing."""
-    profiled = profile.meta.get("model", {}).get("config", {})
-    diff = {k: (config.get(k), profiled.get(k)) for k in SHAPE_KEYS if config.get(k) != profiled.get(k)}
-    if diff:
-        detail = ", ".join(f"{k}: {a} vs {b}" for k, (a, b) in diff.items())
-        raise ValueError(f"profile {profile.path} was measured on another model ({detail})")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

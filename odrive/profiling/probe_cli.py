@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from odrive.profiling.pinning import PIN_MODES, pin_as_profiled
+from odrive.profiling.profile import Profile
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,8 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.probes < 1:
         raise SystemExit(f"--probes must be >= 1, got {args.probes}")
-    from odrive.profiling.profile import Profile
-
     profile = Profile.load(args.profile)
     pinned = pin_as_profiled(profile.meta, args.pin_cores)
     if pinned:
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_machine(profile, args: argparse.Namespace) -> dict:
+def probe_machine(profile: Profile, args: argparse.Namespace) -> dict:
     """Build the profiled model's engine, compile its shapes, run ``args.probes`` probes; the median speeds."""
     import numpy as np
 

@@ -17,6 +17,7 @@ from odrive.metrics import MetricsRecorder, PageUsage
 from odrive.request import FinishReason, Request, RequestStatus
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
+from odrive.step_isolation import execute_isolating
 
 
 @dataclass
@@ -40,6 +41,7 @@ class StepOutcome:
     plan: StepPlan
     finished: list[Request] = field(default_factory=list)
     new_token_ids: dict[str, int] = field(default_factory=dict)
+    failed: list[Request] = field(default_factory=list)  # ended with FinishReason.ERROR: executing them raised
 
     @property
     def end(self) -> float:
@@ -78,6 +80,8 @@ class Engine:
         self.fast_forward_past_finishes = True  # see ``_fast_forward``; a cluster with state-aware routing opts out
         # Called with every StepOutcome (e.g. to keep each step's plan); a hook, so nothing needs to wrap ``step``.
         self.outcome_listeners: list[Callable[[StepOutcome], None]] = []
+        # The plan of the step in progress (None before the scheduler returns one): if a step raises, its requests.
+        self.current_plan: StepPlan | None = None
 
     # --- admission ------------------------------------------------------------------------------
     def validate(self, request: Request) -> str | None:
@@ -120,8 +124,11 @@ class Engine:
         self.scheduler.add_request(request)
         return True
 
-    def abort(self, request_id: str, now: float, message: str = "aborted by user") -> bool:
-        """Cancel a queued or running request and free its pages. False if it is not in flight."""
+    def abort(
+        self, request_id: str, now: float, message: str = "aborted by user", reason: FinishReason = FinishReason.ABORTED
+    ) -> bool:
+        """Cancel a queued or running request and free its pages (``reason`` ERROR: it failed). False if it is not
+        in flight."""
         request = self.requests.get(request_id)
         if request is None:
             return False
@@ -129,7 +136,7 @@ class Engine:
         self.allocator.free(request_id)
         self.executor.discard_swapped(request_id)
         del self.requests[request_id]
-        self._end(request, RequestStatus.ABORTED, FinishReason.ABORTED, now, message)
+        self._end(request, RequestStatus.ABORTED, reason, now, message)
         return True
 
     @property
@@ -149,7 +156,9 @@ class Engine:
 
     def _step(self, now: float, horizon: float) -> StepOutcome | None:
         sched = self.scheduler
+        self.current_plan = None
         plan = sched.schedule()
+        self.current_plan = plan
         if self.check_invariants:
             check_plan(sched, plan)
         swap_time = self._apply_swaps(plan)
@@ -185,12 +194,14 @@ class Engine:
                 outcome = self._fast_forward(now, plan, batch, steady, horizon)
                 if outcome is not None:
                     return outcome
-        result = self.executor.execute(batch)
+        result, faults = execute_isolating(self.executor, batch)
         duration, sampled = swap_time + result.duration, result.sampled_token_ids
         # pages in use during the step, before finishes free any
         usage = PageUsage.of(self.allocator.stats()) if self.metrics.record_steps else UNRECORDED
         end = now + duration
         outcome = StepOutcome(now, duration, 1, plan)
+        if faults:
+            batch = self._fail_faulty(batch, faults, end, outcome)
         for chunk in batch:
             self._advance(chunk, sampled, end, outcome)
         if self.check_invariants:
@@ -259,6 +270,16 @@ class Engine:
         self.metrics.on_step(now, duration, num_steps, 0, 0, len(batch), len(plan.preempted), len(outcome.finished),
                              usage, len(sched.waiting), len(sched.running))  # fmt: skip
         return outcome
+
+    def _fail_faulty(self, batch: list[SeqChunk], faults: list[tuple[SeqChunk, Exception]], now: float,
+                     outcome: StepOutcome) -> list[SeqChunk]:  # fmt: skip
+        """End the requests whose execution raised (FinishReason.ERROR, pages freed); the rest of the batch."""
+        for chunk, exc in faults:
+            message = f"executing this request failed: {type(exc).__name__}: {exc}"
+            self.abort(chunk.request_id, now, message, FinishReason.ERROR)
+            outcome.failed.append(chunk.request)
+        failed = {id(chunk) for chunk, _ in faults}
+        return [chunk for chunk in batch if id(chunk) not in failed]
 
     def _finish_reason(self, req: Request, token: int | None) -> FinishReason | None:
         if token is not None and not req.sampling_params.ignore_eos:

@@ -1,4 +1,14 @@
-"""Errors raised by the engine core."""
+"""Errors raised by the engine core, and the two kinds every command line reports as one line."""
+
+
+class UserError(Exception):
+    """Marker: the user's input is wrong (a flag, a file, a spec). Command lines print the message as one line and
+    exit 2 (see ``odrive.cli_errors``); ``--debug`` shows the traceback."""
+
+
+class RunError(Exception):
+    """Marker: a run finished but produced nothing to report (e.g. every request was rejected). Command lines print
+    the message as one line and exit 1."""
 
 
 class InvariantViolation(AssertionError):
@@ -13,5 +23,13 @@ class InvariantViolation(AssertionError):
         return (type(self), (self.invariant, self.detail))
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An engine configuration that cannot work."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A policy, router or model name that is not registered (the message lists the registered ones). A KeyError
+    too, so ``except KeyError`` around a registry lookup keeps working."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -28,6 +28,7 @@ class FinishReason(enum.Enum):
     STOP = "stop"  # produced a stop token or stop string
     ABORTED = "aborted"  # cancelled by the user / client
     REJECTED = "rejected"  # refused at admission (see Request.status_message)
+    ERROR = "error"  # its step failed because of it (the error is in Request.status_message)
 
 
 @dataclass(eq=False)

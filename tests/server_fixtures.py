@@ -15,17 +15,21 @@ import odrive
 from odrive.server import BackgroundServer, create_app
 
 
+def make_surge(checkpoint: Any, vsurge_name: str) -> odrive.vSurge:
+    """The engine every server test uses (one configuration, so the jitted step shapes are compiled once)."""
+    return odrive.vSurge.create_odriver(
+        model=checkpoint, processor=checkpoint, max_prefill_length=64, page_size=4, hbm_utilization=0.001,
+        max_concurrent_prefill=2, max_concurrent_decodes=8, seed=877, vsurge_name=vsurge_name,
+    )  # fmt: skip
+
+
 def serving_fixtures(model: str, vsurge_name: str) -> tuple[Any, Any]:
     """Module-scoped fixtures ``surge`` (an engine on the session's ``tiny_checkpoint``, named ``vsurge_name``)
     and ``server`` (that engine behind the app, serving it as ``model``)."""
 
     @pytest.fixture(scope="module")
     def surge(tiny_checkpoint):
-        s = odrive.vSurge.create_odriver(
-            model=tiny_checkpoint, processor=tiny_checkpoint, max_prefill_length=64, page_size=4,
-            hbm_utilization=0.001, max_concurrent_prefill=2, max_concurrent_decodes=8, seed=877,
-            vsurge_name=vsurge_name,
-        )  # fmt: skip
+        s = make_surge(tiny_checkpoint, vsurge_name)
         yield s
         s.stop()
 

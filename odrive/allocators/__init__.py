@@ -13,7 +13,8 @@ from odrive.allocators.registry import ALLOCATORS
 def make_allocator(name: str, num_pages: int, page_size: int, **kwargs: Any) -> PageAllocator:
     """Build a registered allocator by name; ``kwargs`` are the allocator's own options
     (e.g. ``make_allocator("contiguous", num_pages=..., page_size=..., reservation="oracle")``)."""
-    return ALLOCATORS.get(name)(num_pages=num_pages, page_size=page_size, **kwargs)
+    allocator: PageAllocator = ALLOCATORS.create(name, num_pages=num_pages, page_size=page_size, options=kwargs)
+    return allocator
 
 
 __all__ = [

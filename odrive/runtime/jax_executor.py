@@ -70,10 +70,11 @@ class JaxExecutor(Executor):
             top_p = np.ones(s_pad, np.float32)
             seeds = np.zeros(s_pad, np.uint32)
             steps = np.zeros(s_pad, np.uint32)
+            vocab = self.model.config.vocab_size
             for row in x.sample_rows:
                 req = batch[row].request
                 sp = req.sampling_params
-                temperature[row], top_k[row], top_p[row] = sp.temperature, sp.top_k, sp.top_p
+                temperature[row], top_k[row], top_p[row] = sp.temperature, min(sp.top_k, vocab), sp.top_p
                 seeds[row] = stream_seed(self.seed, sp.seed, req.request_id)
                 steps[row] = req.num_output_tokens
             tokens = np.asarray(sample_tokens(logits, jnp.asarray(temperature), jnp.asarray(top_k),

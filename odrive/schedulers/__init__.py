@@ -3,7 +3,6 @@
 from typing import Any
 
 from odrive.allocators.base import PageAllocator
-from odrive.errors import ConfigError
 from odrive.schedulers.base import STEADY_FOREVER, Scheduler
 from odrive.schedulers.cache_aware import CacheAwareScheduler
 from odrive.schedulers.config import PREEMPTION_MODES, SchedulerConfig, default_prefill_buckets
@@ -22,14 +21,9 @@ from odrive.schedulers.token_budget import TokenBudgetScheduler
 def make_scheduler(name: str, config: SchedulerConfig, allocator: PageAllocator, **kwargs: Any) -> Scheduler:
     """Build a registered scheduler by name; ``config.scheduler_kwargs`` updated with ``kwargs`` are passed to
     its constructor (policy options such as ``predictor`` or ``aging``)."""
-    factory = SCHEDULERS.get(name)
     options = {**dict(config.scheduler_kwargs), **kwargs}
-    try:
-        return factory(config, allocator, **options)
-    except TypeError as err:
-        if not options:
-            raise
-        raise ConfigError(f"scheduler {name!r} rejected options {sorted(options)}: {err}") from err
+    scheduler: Scheduler = SCHEDULERS.create(name, config, allocator, options=options)
+    return scheduler
 
 
 __all__ = [

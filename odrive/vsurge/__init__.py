@@ -1,6 +1,6 @@
 """The real-engine front end, modeled on EasyDeL's vSurge oDriver: ``vSurge.create_odriver(...)``."""
 
-from odrive.vsurge.driver import create_odriver, vSurge
+from odrive.vsurge.driver import EngineFailure, create_odriver, vSurge
 from odrive.vsurge.handle import RequestHandle
 from odrive.vsurge.results import GenerationResult, RequestMetrics, StreamDelta
 

@@ -18,17 +18,22 @@ from odrive.engine import Engine, StepOutcome
 from odrive.metrics import MetricsRecorder
 from odrive.models.checkpoint import Model, load_model
 from odrive.processor import Processor, load_processor
-from odrive.request import Request
+from odrive.request import FinishReason, Request
 from odrive.runtime.batch_builder import BatchBuilder, power_of_two_buckets
 from odrive.runtime.jax_executor import JaxExecutor
 from odrive.runtime.memory import MemoryPlan, plan_kv_pages
 from odrive.sampling_params import SamplingParams
 from odrive.schedulers import SchedulerConfig, make_scheduler
+from odrive.schedulers.plan import StepPlan
 from odrive.vsurge.handle import RequestHandle
 from odrive.vsurge.results import GenerationResult, StreamDelta
 
 log = logging.getLogger("odrive")
 Prompt = str | Sequence[int]
+
+
+class EngineFailure(RuntimeError):
+    """The engine gave up: step after step failed every request it ran (a broken device, not a bad request)."""
 
 
 class vSurge:  # noqa: N801 - the name users know from EasyDeL
@@ -53,6 +58,10 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         self._thread: threading.Thread | None = None
         self._running = False
         self._error: BaseException | None = None
+        self._failed_steps = 0  # consecutive steps in which every scheduled request failed
+        # After this many such steps in a row the engine gives up (the device is taken to be broken): the engine
+        # thread ends, ``failed`` turns True and a server stops being healthy, so a supervisor restarts it.
+        self.max_consecutive_failed_steps = 8
         engine.stop_checker = self._hit_stop_string
 
     # --- construction -----------------------------------------------------------------------------
@@ -174,6 +183,8 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         return None, ids
 
     def _make_request(self, prompt: Prompt, params: SamplingParams, priority: int = 0) -> tuple[Request, RequestHandle]:
+        if self._error is not None:
+            raise RuntimeError(f"the engine has failed ({self._error}); no request is accepted") from self._error
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be odrive.SamplingParams, got {type(params).__name__}")
         text, ids = self._tokenize(prompt)
@@ -210,17 +221,79 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
 
     # --- the engine loop -------------------------------------------------------------------------
     def step(self) -> StepOutcome | None:
-        """Run one engine step and deliver its tokens to the request handles."""
+        """Run one engine step and deliver its tokens to the request handles.
+
+        A request whose execution raises fails alone (its handle ends with reason ``error``; see
+        ``odrive.step_isolation``); an error the engine cannot pin on one request fails that step's requests. Either
+        way the engine goes on. Only ``max_consecutive_failed_steps`` failed steps in a row raise ``EngineFailure``.
+        """
         with self._lock:
-            outcome = self.engine.step(time.perf_counter())
+            now = time.perf_counter()
+            try:
+                outcome = self.engine.step(now)
+            except Exception as exc:  # noqa: BLE001 - not pinned on one request: fail the step's requests
+                outcome = self._recover(exc, now)
             if outcome is None:
                 return None
+            failed = [(h, r.status_message) for r in outcome.failed if (h := self._handles.pop(r.request_id, None))]
             for rid, token in outcome.new_token_ids.items():
-                self._handles[rid].push(token)
-            finished = [self._handles.pop(r.request_id) for r in outcome.finished]
+                handle = self._handles.get(rid)
+                if handle is not None and not self._push(handle, token):
+                    failed.append((self._handles.pop(rid), handle.request.status_message))
+            finished = [h for r in outcome.finished if (h := self._handles.pop(r.request_id, None))]
         for handle in finished:
-            handle.finish()
+            try:
+                handle.finish()
+            except Exception as exc:  # noqa: BLE001 - e.g. the tokenizer cannot decode the output
+                handle.fail(RuntimeError(f"decoding the output failed: {type(exc).__name__}: {exc}"))
+        for handle, message in failed:
+            handle.fail(RuntimeError(message))
+        self._count_failed_step(outcome)
         return outcome
+
+    def _push(self, handle: RequestHandle, token: int) -> bool:
+        """``handle.push(token)``; if it raises, the request fails (ended as ERROR, pages freed): False."""
+        try:
+            handle.push(token)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one request's decoding must not stop the others
+            message = f"decoding the output failed: {type(exc).__name__}: {exc}"
+            self.engine.abort(handle.request_id, time.perf_counter(), message, FinishReason.ERROR)
+            handle.request.status_message = message
+            return False
+
+    def _recover(self, exc: Exception, now: float) -> StepOutcome:
+        """After a step raised outside the executor: end its requests (every request in flight when the scheduler
+        itself raised) with the error, then check the allocator is still consistent (if not, this raises and the
+        engine stops)."""
+        log.exception("engine step failed; failing its requests")
+        plan = self.engine.current_plan
+        ids = list(plan.num_scheduled_tokens) if plan is not None else list(self.engine.requests)
+        message = f"engine step failed: {type(exc).__name__}: {exc}"
+        outcome = StepOutcome(now, 0.0, 0, plan or StepPlan())
+        for rid in ids:
+            request = self.engine.requests.get(rid)
+            if request is not None and self.engine.abort(rid, now, message, FinishReason.ERROR):
+                outcome.failed.append(request)
+        for rid, handle in self._handles.items():  # requests that ended in the step before it raised
+            request = handle.request
+            if rid not in self.engine.requests and request not in outcome.failed:
+                finished = request.finish_reason in (FinishReason.LENGTH, FinishReason.STOP)
+                (outcome.finished if finished else outcome.failed).append(request)
+        self.engine.allocator.check_invariants()
+        return outcome
+
+    def _count_failed_step(self, outcome: StepOutcome) -> None:
+        scheduled = len(outcome.plan.num_scheduled_tokens)
+        if outcome.failed and len(outcome.failed) >= scheduled and not outcome.new_token_ids:
+            self._failed_steps += 1
+            if self._failed_steps >= self.max_consecutive_failed_steps:
+                raise EngineFailure(
+                    f"{self._failed_steps} engine steps in a row failed every request they ran; last: "
+                    f"{outcome.failed[-1].status_message}"
+                )
+        elif outcome.num_steps:
+            self._failed_steps = 0
 
     def _drive_until(self, handles: Sequence[RequestHandle]) -> None:
         if self._running:
@@ -252,6 +325,15 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise RuntimeError("the engine thread failed") from self._error
+
+    @property
+    def failed(self) -> bool:
+        """True once the engine thread has died (``error`` says why); requests are then refused."""
+        return self._error is not None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
 
     def start(self) -> vSurge:
         """Run the engine in a background thread (``generate`` then only waits)."""

@@ -78,7 +78,7 @@ class RequestHandle:
 
     def fail(self, error: BaseException) -> None:
         self._error = error
-        self._emit(StreamDelta(self.request_id, "", [], True, "error"))
+        self._emit(StreamDelta(self.request_id, "", [], True, "error", error=str(error)))
         self._done.set()
 
     def subscribe(self, callback: Callable[[StreamDelta], None]) -> None:

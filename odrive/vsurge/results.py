@@ -55,3 +55,4 @@ class StreamDelta:
     finished: bool = False
     finish_reason: str | None = None
     result: GenerationResult | None = None
+    error: str | None = None  # why the request failed (finish_reason "error"; no result)

@@ -6,11 +6,11 @@ Parameter counts assume no biases, RMSNorm weights only, and a gated (SwiGLU) ML
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from odrive.kv_pages import DecoderShape, per_device_kv_pages
 from odrive.registry import Registry
 from sim.hardware import Accelerator
 
@@ -63,21 +63,22 @@ class ModelSpec:
             )
 
     @property
+    def decoder(self) -> DecoderShape:
+        """The sizes the engine core sizes memory from (:mod:`odrive.kv_pages`, shared with the real engine)."""
+        return DecoderShape(
+            self.num_layers, self.hidden_size, self.num_q_heads, self.num_kv_heads, self.head_dim,
+            self.intermediate_size, self.vocab_size, self.tie_word_embeddings,
+        )  # fmt: skip
+
+    @property
     def layer_matmul_params(self) -> int:
         """Weights of one layer's matmuls: q, k, v, o projections and the gated MLP."""
-        q_out = self.num_q_heads * self.head_dim
-        kv_out = self.num_kv_heads * self.head_dim
-        attention = self.hidden_size * (q_out + 2 * kv_out) + q_out * self.hidden_size
-        mlp = 3 * self.hidden_size * self.intermediate_size
-        return attention + mlp
+        return self.decoder.layer_matmul_params
 
     @property
     def num_parameters(self) -> int:
         """All weights: embeddings, layers (matmuls + two norms each), final norm, LM head."""
-        embedding = self.vocab_size * self.hidden_size
-        lm_head = 0 if self.tie_word_embeddings else embedding
-        layers = self.num_layers * (self.layer_matmul_params + 2 * self.hidden_size)
-        return embedding + layers + self.hidden_size + lm_head
+        return self.decoder.num_parameters
 
     @property
     def weight_bytes(self) -> int:
@@ -86,7 +87,7 @@ class ModelSpec:
     @property
     def kv_bytes_per_token(self) -> int:
         """K and V for one token across all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        return self.decoder.kv_bytes_per_token(self.dtype_bytes)
 
     def kv_bytes_per_page(self, page_size: int) -> int:
         if page_size < 1:
@@ -145,28 +146,19 @@ class ModelSpec:
 def num_kv_pages(
     accelerator: Accelerator | int, model: ModelSpec, page_size: int, hbm_utilization: float, tp: int = 1
 ) -> int:
-    """KV-cache pages that fit: ``floor((hbm_bytes * hbm_utilization - weight_bytes) / kv_bytes_per_page)``.
+    """KV-cache pages that fit on one device: ``floor((hbm_bytes * hbm_utilization - weight_bytes) / page_bytes)``.
 
-    ``accelerator`` may be an :class:`Accelerator` or a plain byte count (e.g. measured device memory). With
-    ``tp > 1`` the formula is per device (the pool is sharded by KV head, as on the real engine): weights / tp
-    and each page's bytes for ``ceil(num_kv_heads / tp)`` heads.
+    ``accelerator`` may be an :class:`Accelerator` or a plain byte count (e.g. measured device memory). The formula
+    is the real engine's (:func:`odrive.kv_pages.per_device_kv_pages`); with ``tp > 1`` it is per device, with
+    the weights split as the real engine shards them (matmuls split, embeddings and norms replicated) and each
+    page's bytes for ``ceil(num_kv_heads / tp)`` heads.
     """
     hbm_bytes = accelerator.hbm_bytes if isinstance(accelerator, Accelerator) else int(accelerator)
-    if not 0 < hbm_utilization <= 1:
-        raise ValueError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
-    if tp < 1:
-        raise ValueError(f"tensor parallel size must be >= 1, got {tp}")
-    page_bytes = model.kv_bytes_per_page(page_size) * math.ceil(model.num_kv_heads / tp) / model.num_kv_heads
-    weight_bytes = model.weight_bytes / tp
-    pages = math.floor((hbm_bytes * hbm_utilization - weight_bytes) / page_bytes)
-    if pages < 1:
-        per = f" per device (tp={tp})" if tp > 1 else ""
-        raise ValueError(
-            f"no KV pages fit for {model.name!r}{per}: hbm_bytes={hbm_bytes} x hbm_utilization={hbm_utilization}"
-            f" = {hbm_bytes * hbm_utilization:.0f} bytes, weights need {weight_bytes:.0f} bytes, "
-            f"one page of {page_size} tokens needs {page_bytes:.0f} bytes"
-        )
-    return pages
+    per = f" per device (tp={tp})" if tp > 1 else ""
+    return per_device_kv_pages(
+        model.decoder, device_bytes=hbm_bytes, hbm_utilization=hbm_utilization, page_size=page_size,
+        dtype_bytes=model.dtype_bytes, tp=tp, what=f"for {model.name!r}{per}",
+    )  # fmt: skip
 
 
 MODEL_SPECS: Registry[ModelSpec] = Registry("model spec")

@@ -17,8 +17,13 @@ def test_per_device_pages_follow_the_sharded_formula() -> None:
     acc, model = get_accelerator("h100-80gb"), get_model_spec("llama-2-7b")
     one = num_kv_pages(acc, model, 16, 0.9)
     two = num_kv_pages(acc, model, 16, 0.9, tp=2)
-    # Each device holds half the weights and half of every page (32 KV heads split evenly).
-    expected = math.floor((acc.hbm_bytes * 0.9 - model.weight_bytes / 2) / (model.kv_bytes_per_page(16) / 2))
+    # As the real engine shards it: matmuls and the (untied, vocab-parallel) LM head split in two, the embedding
+    # table and the norms whole on each device; half of every page (32 KV heads split evenly).
+    h, v, n = model.hidden_size, model.vocab_size, model.num_layers
+    replicated = v * h + 2 * n * h + h
+    split = n * model.layer_matmul_params + v * h
+    weights = (replicated + split // 2) * model.dtype_bytes
+    expected = math.floor((acc.hbm_bytes * 0.9 - weights) / (model.kv_bytes_per_page(16) / 2))
     assert two == expected
     assert two > 2 * one  # the weights' share shrinks too
 
@@ -27,7 +32,12 @@ def test_uneven_heads_round_up_per_device() -> None:
     acc, model = get_accelerator("h100-80gb"), get_model_spec("llama-3-8b")  # 8 KV heads
     pages = num_kv_pages(acc, model, 16, 0.9, tp=3)
     per_page = model.kv_bytes_per_page(16) * 3 / 8  # ceil(8 / 3) = 3 heads per device
-    assert pages == math.floor((acc.hbm_bytes * 0.9 - model.weight_bytes / 3) / per_page)
+    # ceil(32 / 3) = 11 query heads, 3 KV heads, ceil(14336 / 3) MLP columns; the vocabulary divides by 3.
+    h, d = model.hidden_size, model.head_dim
+    layer = h * (11 * d + 2 * 3 * d) + 11 * d * h + 3 * h * math.ceil(14336 / 3)
+    replicated = model.vocab_size * h + 2 * model.num_layers * h + h
+    weights = (model.num_layers * layer + replicated + model.vocab_size * h // 3) * model.dtype_bytes
+    assert pages == math.floor((acc.hbm_bytes * 0.9 - weights) / per_page)
 
 
 def test_sim_config_tensor_parallel_size_reaches_pages_and_latency() -> None:

@@ -1,4 +1,5 @@
-"""How many KV pages fit: the same formula as the simulator, fed with the real device's memory."""
+"""How many KV pages fit: the core formula (:mod:`odrive.kv_pages`, shared with the simulator), fed with the real
+device's memory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import jax
 
 from odrive.errors import ConfigError
+from odrive.kv_pages import kv_pages_fit
 
 log = logging.getLogger("odrive")
 
@@ -54,7 +56,8 @@ def plan_kv_pages(
     max_running: int, max_model_len: int, device_bytes: int | None = None, source: str = "",
     num_pages_override: int | None = None,
 ) -> MemoryPlan:  # fmt: skip
-    """Size the page pool like the simulator's ``num_kv_pages``, capped at what can ever be used.
+    """Size the page pool with :func:`odrive.kv_pages.kv_pages_fit` (the simulator's formula too), capped at what
+    can ever be used.
 
     ``num_pages_override`` (pages including the null page) replaces the memory-derived count.
     """
@@ -71,13 +74,10 @@ def plan_kv_pages(
         return plan
     if device_bytes is None:
         device_bytes, source = device_memory_bytes()
-    pages_fit = int((device_bytes * hbm_utilization - weight_bytes) // page_bytes)
-    if pages_fit < 2:
-        raise ConfigError(
-            f"hbm_utilization={hbm_utilization} of {source} {device_bytes / 2**30:.2f} GiB leaves "
-            f"{(device_bytes * hbm_utilization - weight_bytes) / 2**20:.1f} MiB after {weight_bytes / 2**20:.1f} MiB "
-            f"of weights: room for {max(pages_fit, 0)} KV pages of {page_bytes} bytes; at least 2 are needed"
-        )
+    pages_fit = kv_pages_fit(
+        device_bytes=device_bytes, hbm_utilization=hbm_utilization, weight_bytes=weight_bytes, page_bytes=page_bytes,
+        min_pages=2, what=f"in {source} (page 0 is the null page)",
+    )  # fmt: skip
     plan = MemoryPlan(device_bytes, source, hbm_utilization, weight_bytes, page_bytes, pages_fit, pages_useful,
                       min(pages_fit, pages_useful))
     log.info(plan.describe())

@@ -23,7 +23,7 @@ from sim.hardware import get_accelerator
 from sim.host_swap import swap_rates
 from sim.latency.registry import get_latency_model
 from sim.model_spec import get_model_spec, num_kv_pages
-from sim.workloads.request import Workload
+from sim.workloads.request import Workload, checked_prompt_ids
 
 
 @dataclass
@@ -102,15 +102,12 @@ class Simulator:
         while self._next < len(times) and times[self._next] <= now:
             i = self._next
             self._next += 1
-            ids = None if self._prompt_ids is None else self._prompt_ids[i]
-            if ids is not None and len(ids) != self._prompts[i]:
-                raise ValueError(f"workload request {i}: {len(ids)} prompt token ids, prompt length {self._prompts[i]}")
             request = Request(
                 request_id=f"r{i}",
                 num_prompt_tokens=self._prompts[i],
                 sampling_params=SamplingParams(max_tokens=self._outputs[i], ignore_eos=True),
                 arrival_time=times[i],
-                prompt_token_ids=ids,
+                prompt_token_ids=checked_prompt_ids(self._prompt_ids, i, self._prompts[i]),
                 priority=self._priorities[i],
             )
             engine.add_request(request)

@@ -17,7 +17,7 @@ from odrive.sampling_params import SamplingParams
 from sim.cluster.views import ClusterViews
 from sim.config import SimConfig
 from sim.simulator import build_engine
-from sim.workloads.request import Workload
+from sim.workloads.request import Workload, checked_prompt_ids
 
 HorizonFn = Callable[[int, float], float]
 
@@ -55,6 +55,7 @@ class Replica:
         self._prompts = workload.prompt_lens
         self._outputs = workload.output_lens
         self._priorities = workload.priorities
+        self._prompt_ids = workload.prompt_token_ids  # token ids, for prefix caching (None: lengths only)
         self._own = own
         self._own_times = None if own is None else workload.arrival_times[own]
         self._pos = 0
@@ -91,11 +92,13 @@ class Replica:
         params = self._params.get(max_tokens)
         if params is None:
             params = self._params[max_tokens] = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        num_prompt_tokens = int(self._prompts[i])
         return Request(
             request_id=f"r{i}",
-            num_prompt_tokens=int(self._prompts[i]),
+            num_prompt_tokens=num_prompt_tokens,
             sampling_params=params,
             arrival_time=float(self._times[i]),
+            prompt_token_ids=checked_prompt_ids(self._prompt_ids, i, num_prompt_tokens),
             priority=0 if self._priorities is None else int(self._priorities[i]),
         )
 

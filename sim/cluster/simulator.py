@@ -22,6 +22,7 @@ from sim.cluster.routers.base import check_choice, replicas_of
 from sim.cluster.summary import summarize_cluster
 from sim.cluster.table_sink import TableSink, default_format, read_table
 from sim.cluster.views import ClusterViews
+from sim.cluster.workloads import prefix_keys_from_tokens
 from sim.config import SimConfig
 from sim.workloads.request import Workload
 
@@ -76,6 +77,8 @@ class ClusterSimulator:
     and bounds every replica by the cluster's next arrival. Both give the same results.
     Request rows (and step rows if ``record_steps``; each ``SimConfig.record_steps`` is ignored) stream to
     ``out_dir`` (default: a temporary folder kept as long as the result) in chunks of ``chunk_rows``.
+    A router that keys on prefixes (``prefix-affinity``) gets ``prefix_keys`` if given, else a hash of each
+    prompt's first ``affinity_tokens`` token ids when the workload carries them.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class ClusterSimulator:
         *,
         num_replicas: int | None = None,
         prefix_keys: np.ndarray | None = None,
+        affinity_tokens: int = 64,
         seed: int = 0,
         horizon: str = "lookahead",
         out_dir: str | Path | None = None,
@@ -105,6 +109,8 @@ class ClusterSimulator:
             raise ValueError(f"router built for {self.router.num_replicas} replicas, cluster has {n}")
         if prefix_keys is not None and len(prefix_keys) != len(workload):
             raise ValueError(f"prefix_keys has {len(prefix_keys)} entries for {len(workload)} requests")
+        if prefix_keys is None and self.router.uses_prefix_keys and workload.prompt_token_ids is not None:
+            prefix_keys = prefix_keys_from_tokens(workload.prompt_token_ids, affinity_tokens)
         self.router.prepare(Arrivals(workload.arrival_times, workload.prompt_lens, prefix_keys))
         self.horizon = horizon
         self.progress = progress

@@ -48,12 +48,16 @@ def zipf_groups(num_requests: int, num_groups: int, alpha: float = 1.1, seed: in
 
 
 def prefix_keys_from_tokens(prompt_token_ids: Sequence[Sequence[int]], num_tokens: int = 64) -> np.ndarray:
-    """A stable 63-bit key per prompt: a hash of its first ``num_tokens`` token ids (same prefix, same key)."""
+    """A stable 63-bit key per prompt: a hash of its first ``num_tokens`` token ids (same prefix, same key).
+    Prompts built on access (``prefix(i, n)``, e.g. :class:`sim.workloads.token_streams.SegmentPrompts`) build only
+    those tokens."""
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     keys = np.empty(len(prompt_token_ids), dtype=np.int64)
-    for i, ids in enumerate(prompt_token_ids):
-        digest = hashlib.blake2b(np.asarray(ids[:num_tokens], dtype=np.int64).tobytes(), digest_size=8).digest()
+    prefix = getattr(prompt_token_ids, "prefix", None)
+    for i in range(len(prompt_token_ids)):
+        ids = prefix(i, num_tokens) if prefix is not None else prompt_token_ids[i][:num_tokens]
+        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest()
         keys[i] = int.from_bytes(digest, "little") >> 1
     return keys
 

@@ -3,13 +3,19 @@
 Grammar (whitespace around tokens is ignored)::
 
     SPEC    := KIND ":" BODY
-    trace   :  trace:PATH[?KEY=VALUE[&KEY=VALUE...]]      keys: time_scale, max_requests, start
+    trace   :  trace:PATH[?KEY=VALUE[&KEY=VALUE...]]      keys: time_scale, max_requests, start, rate, interval,
+                                                          block_size (Mooncake), model (BurstGPT)
     poisson :  poisson:rate=R,n=N,prompt=LEN,output=LEN
     gamma   :  gamma:rate=R,cv=C,n=N,prompt=LEN,output=LEN
     LEN     := INT | fixed(INT) | uniform(LO,HI) | lognormal(MEAN,SIGMA[,LO[,HI]])
              | empirical(PATH[,COLUMN])                    COLUMN: prompt | output (default: the role)
 
+The trace format (Vidur, raw Azure, BurstGPT or lengths-only CSV; Mooncake JSONL; optionally compressed) is
+chosen by extension and header (``sim.workloads.trace``); a lengths-only trace needs ``rate=`` (Poisson,
+seeded) or ``interval=``.
+
 Examples: ``trace:data/traces/azure_conv_2023.csv?time_scale=0.5&max_requests=1000``,
+``trace:data/traces/mooncake_conversation.jsonl.xz?max_requests=500``,
 ``poisson:rate=2,n=1000,prompt=512,output=128``,
 ``gamma:rate=2,cv=3,n=1000,prompt=lognormal(1000,1),output=uniform(16,256)``.
 New kinds: ``register_workload_kind("name", parser)`` with ``parser(body, seed) -> Workload``.
@@ -24,7 +30,7 @@ from odrive.registry import Registry
 from sim.workloads.lengths import Empirical, Fixed, LengthDistribution, LogNormal, Uniform
 from sim.workloads.request import Workload
 from sim.workloads.synthetic import gamma_workload, poisson_workload
-from sim.workloads.trace import TraceFormatError, load_trace
+from sim.workloads.trace import TraceFormatError, load_trace, read_trace
 
 WorkloadParser = Callable[[str, int], Workload]
 WORKLOAD_KINDS: Registry[WorkloadParser] = Registry("workload kind")
@@ -129,8 +135,8 @@ def parse_length(text: str, role: str = "prompt") -> LengthDistribution:
             column = args[1] if len(args) == 2 else role
             if column not in ("prompt", "output"):
                 raise WorkloadSpecError(f"empirical column must be 'prompt' or 'output', got {column!r}")
-            trace = load_trace(args[0])
-            return Empirical(trace.prompt_lens if column == "prompt" else trace.output_lens)
+            rows = read_trace(args[0])
+            return Empirical(rows.prompts if column == "prompt" else rows.outputs)
     except (TypeError, ValueError) as err:
         if isinstance(err, WorkloadSpecError):
             raise
@@ -141,15 +147,15 @@ def parse_length(text: str, role: str = "prompt") -> LengthDistribution:
     )
 
 
+TRACE_OPTIONS = {"time_scale": float, "max_requests": int, "start": int, "rate": float, "interval": float,
+                 "block_size": int, "model": str}  # fmt: skip
+
+
 def _parse_trace(body: str, seed: int) -> Workload:
     path, _, query = body.partition("?")
-    options = _key_values(query, "&", {"time_scale", "max_requests", "start"}, set()) if query else {}
-    return load_trace(
-        path.strip(),
-        time_scale=_number(options.get("time_scale", "1.0"), float, "time_scale"),
-        max_requests=None if "max_requests" not in options else _number(options["max_requests"], int, "max_requests"),
-        start=_number(options.get("start", "0"), int, "start"),
-    )
+    options = _key_values(query, "&", set(TRACE_OPTIONS), set()) if query else {}
+    kwargs = {k: v if TRACE_OPTIONS[k] is str else _number(v, TRACE_OPTIONS[k], k) for k, v in options.items()}
+    return load_trace(path.strip(), seed=seed, **kwargs)
 
 
 def _synthetic_args(body: str, extra: set[str]) -> dict[str, Any]:

@@ -10,6 +10,17 @@ import numpy as np
 import pandas as pd
 
 
+def checked_prompt_ids(prompt_token_ids: Sequence[np.ndarray] | None, index: int, prompt_len: int) -> np.ndarray | None:
+    """Request ``index``'s prompt token ids from a workload's ``prompt_token_ids`` (None without), checked to
+    hold exactly ``prompt_len`` ids."""
+    if prompt_token_ids is None:
+        return None
+    ids = prompt_token_ids[index]
+    if len(ids) != prompt_len:
+        raise ValueError(f"workload request {index}: {len(ids)} prompt token ids, prompt length {prompt_len}")
+    return ids
+
+
 class RequestSpec(NamedTuple):
     """What the simulator needs to know about one request before it runs."""
 
@@ -29,7 +40,8 @@ class Workload:
 
     ``prompt_token_ids`` (optional) gives each request's prompt as token ids (indexable by request;
     e.g. :class:`sim.workloads.shared_prefix.SegmentPrompts`, which builds them on access) so
-    prefix-caching allocators can hash them; without it simulated requests carry no ids.
+    prefix-caching allocators can hash them; without it simulated requests carry no ids. ``notes``: what a
+    reader did that a user should know (e.g. trace rows it dropped, and why).
     """
 
     arrival_times: np.ndarray
@@ -38,6 +50,7 @@ class Workload:
     priorities: np.ndarray | None = None
     name: str = ""
     prompt_token_ids: Sequence[np.ndarray] | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         columns = {
@@ -103,6 +116,7 @@ class Workload:
             None if self.priorities is None else self.priorities[start:stop],
             self.name,
             None if self.prompt_token_ids is None else self.prompt_token_ids[start:stop],
+            self.notes,
         )
 
     @property

@@ -5,9 +5,8 @@
 - :func:`multi_turn_workload`: conversations whose turn t prompt is turn t-1's prompt + its output +
   new user text (behind an optional system prompt every conversation shares).
 
-Token ids are a deterministic function of (segment key, position), so equal prefixes hash equal in
-every process. Prompts are stored as lists of ``(stream, length)`` segments and built on access
-(:class:`SegmentPrompts`), so 10k requests cost kilobytes, not their token arrays. In the simulator
+Token ids come from :mod:`sim.workloads.token_streams` (a deterministic function of segment key and
+position; prompts stored as segments and built on access). In the simulator
 outputs carry no ids, so a later turn hits only the full pages of the earlier turn's prompt.
 
 Spec strings (``odrive sim --workload ...``)::
@@ -18,58 +17,17 @@ Spec strings (``odrive sim --workload ...``)::
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from typing import overload
-
 import numpy as np
 
 from sim.workloads.lengths import LengthDistribution, as_length_distribution
 from sim.workloads.parse import parse_length, register_workload_kind, split_top_level
 from sim.workloads.request import Workload
+from sim.workloads.token_streams import VOCAB_SIZE, Segment, SegmentPrompts, stream_id, stream_tokens
 
-VOCAB_SIZE = 32000
-Segment = tuple[int, int]  # (stream, length)
-
-
-def stream_id(*key: object) -> int:
-    """A 64-bit stream id for a segment key, stable across processes."""
-    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
-
-
-def stream_tokens(stream: int, length: int, vocab_size: int = VOCAB_SIZE) -> np.ndarray:
-    """Token ids ``0 .. length-1`` of ``stream`` (splitmix64 of stream + position), int32 in [0, vocab_size)."""
-    x = np.arange(length, dtype=np.uint64) + np.uint64(stream)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return (x % np.uint64(vocab_size)).astype(np.int32)
-
-
-class SegmentPrompts(Sequence[np.ndarray]):
-    """Prompts as concatenations of token streams; ``prompts[i]`` builds request i's int32 token ids."""
-
-    def __init__(self, segments: Sequence[tuple[Segment, ...]], vocab_size: int = VOCAB_SIZE) -> None:
-        self.segments = list(segments)
-        self.vocab_size = vocab_size
-
-    def __len__(self) -> int:
-        return len(self.segments)
-
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-    @overload
-    def __getitem__(self, index: slice) -> SegmentPrompts: ...
-    def __getitem__(self, index: int | slice) -> np.ndarray | SegmentPrompts:
-        if isinstance(index, slice):
-            return SegmentPrompts(self.segments[index], self.vocab_size)
-        parts = [stream_tokens(s, n, self.vocab_size) for s, n in self.segments[index]]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
-
-    def lengths(self) -> np.ndarray:
-        return np.array([sum(n for _, n in segs) for segs in self.segments], dtype=np.int64)
+__all__ = [
+    "VOCAB_SIZE", "Segment", "SegmentPrompts", "multi_turn_workload", "shared_prefix_workload", "stream_id",
+    "stream_tokens",
+]  # fmt: skip
 
 
 def _rngs(seed: int, n: int) -> list[np.random.Generator]:

@@ -55,6 +55,8 @@ class Router(ABC):
     num_replicas: int
     seed: int = 0
     notes: list[str] = field(default_factory=list, init=False)
+    # True: the router reads ``Arrivals.prefix_keys`` (the cluster derives them from prompt token ids if not given).
+    uses_prefix_keys = False
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:

@@ -24,7 +24,10 @@ def spread(keys: np.ndarray, num_replicas: int, seed: int) -> np.ndarray:
 @dataclass
 class PrefixAffinityRouter(Router):
     """Hashes each request's prefix key (a hash of its first prompt tokens, or a workload group id) to a
-    replica. Without keys it falls back to round-robin and records a note. State-independent."""
+    replica. Without keys it falls back to round-robin and records a note, as it does when one key holds
+    more than half of the requests (every prompt starting alike: key on a longer prefix). State-independent."""
+
+    uses_prefix_keys = True
 
     def prepare(self, arrivals: Arrivals) -> None:
         n = len(arrivals)
@@ -35,7 +38,14 @@ class PrefixAffinityRouter(Router):
             )
             self._plan = np.arange(n, dtype=np.int64) % self.num_replicas
         else:
-            self._plan = spread(np.asarray(arrivals.prefix_keys), self.num_replicas, self.seed)
+            keys = np.asarray(arrivals.prefix_keys)
+            self._plan = spread(keys, self.num_replicas, self.seed)
+            top = int(np.unique(keys, return_counts=True)[1].max()) if n else 0
+            if self.num_replicas > 1 and top > n / 2:
+                self.notes.append(
+                    f"prefix-affinity: one prefix key holds {top / n:.0%} of the requests, so one replica gets them "
+                    "all; key on a longer prefix (affinity_tokens, --affinity-tokens)"
+                )
 
     def plan(self) -> np.ndarray:
         return self._plan

@@ -1,7 +1,10 @@
-"""Modeled accelerators: memory, bandwidth and peak compute, registered by name.
+"""Modeled accelerators and interconnects, registered by name.
 
-Numbers are vendor datasheet peaks (dense, no sparsity). Real kernels reach a fraction of
-them; the roofline latency model uses them as-is and a calibrated model can correct them.
+Rates are vendor datasheet peaks (dense, no sparsity). Real kernels reach a fraction of them: each preset carries
+the achieved fraction of its FLOP/s (``flops_efficiency``) and HBM bandwidth (``hbm_efficiency``) from published
+measurements (sources next to each preset), which the roofline latency model applies (overridable, e.g.
+``--latency-arg flops_efficiency=0.6``, and reported in every run's summary). Tensor-parallel all-reduces run over
+the preset's :class:`Link` (latency + size / bus bandwidth).
 """
 
 from __future__ import annotations
@@ -28,8 +31,56 @@ _DTYPE_ALIASES = {
 
 
 @dataclass(frozen=True)
+class Link:
+    """An interconnect for tensor-parallel collectives (α–β): an all-reduce of ``n`` bytes over ``tp`` devices takes
+    ``latency_s + 2 (tp - 1) / tp × n / bus_bandwidth`` seconds, ``bus_bandwidth`` in NCCL's "bus bandwidth"
+    convention (bytes per second each device sends), fitted to measured all-reduce times of decode-sized messages."""
+
+    name: str
+    latency_s: float
+    bus_bandwidth: float
+
+    def __post_init__(self) -> None:
+        if not self.latency_s >= 0 or not self.bus_bandwidth > 0:
+            raise ValueError(f"link {self.name!r}: need latency_s >= 0 and bus_bandwidth > 0")
+
+    def allreduce_seconds(self, num_bytes: float, tp: int) -> float:
+        """One all-reduce of ``num_bytes`` over ``tp`` devices (0 for one device)."""
+        return 0.0 if tp <= 1 else self.latency_s + 2 * (tp - 1) / tp * num_bytes / self.bus_bandwidth
+
+
+LINKS: Registry[Link] = Registry("link")
+"""Interconnect presets by name; add entries with :func:`register_link`."""
+
+
+def register_link(link: Link, *, overwrite: bool = False) -> Link:
+    LINKS.add(link.name, link, overwrite=overwrite)
+    return link
+
+
+# H100 SXM5 over NVLink 4 / NVSwitch. Small-message latency: vLLM's custom all-reduce on H100 takes 8.5-10 us for
+# messages up to 32 KiB at TP 2/4/8 (sgl-project/sglang pull request #2904); NCCL's NVLS all-reduce ~6 us at TP 2
+# with CUDA graphs (NVIDIA/nccl issue #1259). Bandwidth: the fastest of vLLM's all-reduce paths on H100 at TP 6
+# takes 13 us for 0.5 MB and 31 us for 4 MB (vllm-project/vllm pull request #24111), i.e. 320 GB/s bus bandwidth
+# with 10 us latency (the fit gives 12.7 and 31.8 us).
+register_link(Link("nvlink4", latency_s=10e-6, bus_bandwidth=320 * 10**9))
+# A100 SXM4 over NVLink 3: same software latency assumed (no decode-size A100 measurement at hand); bus bandwidth
+# scaled from the H100 fit by the per-direction NVLink ratio 300/450 (an assumption; override with --latency-arg).
+register_link(Link("nvlink3", latency_s=10e-6, bus_bandwidth=213 * 10**9))
+# TPU v5e ICI, datasheet 1,600 Gbps = 200 GB/s per chip; latency assumed as NVLink's (not measured).
+register_link(Link("ici-v5e", latency_s=10e-6, bus_bandwidth=200 * 10**9))
+# Host memory standing in for an interconnect (the 2-core CPU preset): its measured ~4 GB/s copy rate, no latency.
+register_link(Link("host-memory", latency_s=0.0, bus_bandwidth=4 * 10**9))
+
+
+@dataclass(frozen=True)
 class Accelerator:
-    """One device as the simulator sees it. All rates are per second, sizes in bytes."""
+    """One device as the simulator sees it. All rates are per second, sizes in bytes.
+
+    ``flops_efficiency``/``hbm_efficiency``: the fraction of the datasheet FLOP/s and HBM bandwidth real kernels
+    reach (1.0: the datasheet number is a measurement). ``interconnect``: the :class:`Link` preset tensor-parallel
+    all-reduces use (empty: latency-free at ``interconnect_bandwidth``).
+    """
 
     name: str
     hbm_bytes: int
@@ -39,6 +90,9 @@ class Accelerator:
     host_bandwidth: float
     interconnect_bandwidth: float
     step_overhead_s: float = 0.0
+    flops_efficiency: float = 1.0
+    hbm_efficiency: float = 1.0
+    interconnect: str = ""
 
     def __post_init__(self) -> None:
         for field_name in (
@@ -55,6 +109,18 @@ class Accelerator:
                 )
         if self.step_overhead_s < 0:
             raise ValueError(f"accelerator {self.name!r}: step_overhead_s must be >= 0")
+        for field_name in ("flops_efficiency", "hbm_efficiency"):
+            if not 0 < getattr(self, field_name) <= 1:
+                raise ValueError(
+                    f"accelerator {self.name!r}: {field_name} must be in (0, 1], got {getattr(self, field_name)!r}"
+                )
+
+    def link(self) -> Link:
+        """The interconnect preset of tensor-parallel all-reduces (latency-free at ``interconnect_bandwidth``
+        without one)."""
+        if not self.interconnect:
+            return Link(f"{self.name}-interconnect", 0.0, self.interconnect_bandwidth)
+        return LINKS.get(self.interconnect)
 
     def peak_flops(self, dtype: str = "bf16") -> float:
         """Dense peak FLOP/s for ``dtype`` ("bf16"/"fp16"/"fp32" and their long names)."""
@@ -92,6 +158,12 @@ register_accelerator(
         host_bandwidth=64 * GB,
         interconnect_bandwidth=450 * GB,
         step_overhead_s=50e-6,  # assumed kernel-launch/host cost per step; not a datasheet number
+        # FlashAttention-3 (Shah et al., 2024, arXiv:2407.08608) reaches 740 TFLOP/s in FP16 on H100 SXM5, 75 % of
+        # peak. DeepSeek's FlashMLA decode kernel reaches 3,000 GB/s memory-bound on H800 SXM5 (github.com/
+        # deepseek-ai/FlashMLA README), whose HBM3 is the H100's 3.35 TB/s: 90 %.
+        flops_efficiency=0.75,
+        hbm_efficiency=0.90,
+        interconnect="nvlink4",
     )
 )
 
@@ -108,6 +180,12 @@ register_accelerator(
         host_bandwidth=32 * GB,
         interconnect_bandwidth=300 * GB,
         step_overhead_s=50e-6,  # assumed
+        # FlashAttention-2 (Dao, 2023, arXiv:2307.08691) reaches up to 73 % of the A100's peak FLOP/s. The
+        # gpu-benches stream benchmark (github.com/te42kyfo/gpu-benches, cuda-stream/a100_80.txt) reads
+        # 1,769 GB/s on an A100 80GB at full occupancy: 87 % of 2,039 GB/s.
+        flops_efficiency=0.73,
+        hbm_efficiency=0.87,
+        interconnect="nvlink3",
     )
 )
 
@@ -124,6 +202,8 @@ register_accelerator(
         host_bandwidth=32 * GB,
         interconnect_bandwidth=200 * GB,
         step_overhead_s=50e-6,  # assumed
+        # No published achieved-efficiency measurement at hand: datasheet peaks (efficiency 1.0).
+        interconnect="ici-v5e",
     )
 )
 
@@ -141,5 +221,6 @@ register_accelerator(
         host_bandwidth=4 * GB,
         interconnect_bandwidth=4 * GB,
         step_overhead_s=100e-6,  # assumed JAX dispatch + host bookkeeping per step
+        interconnect="host-memory",  # efficiency 1.0: these rates are measurements
     )
 )

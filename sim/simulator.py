@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from odrive.allocators import make_allocator
 from odrive.engine import Engine
 from odrive.errors import InvariantViolation
+from odrive.latency_histogram import LatencyHistogram
 from odrive.metrics import MetricsRecorder, summarize
 from odrive.request import Request
 from odrive.sampling_params import SamplingParams
@@ -28,7 +29,7 @@ from sim.workloads.request import Workload, checked_prompt_ids
 
 @dataclass
 class SimResult:
-    """Per-request and per-step tables of one run, with its config and aggregate summary."""
+    """Per-request and per-step tables of one run, with its config, aggregate summary and inter-token latencies."""
 
     config: SimConfig
     num_pages: int
@@ -36,6 +37,7 @@ class SimResult:
     steps: pd.DataFrame
     summary: pd.Series
     free_pages_at_end: int = -1  # the pool after the run: every usable page when nothing leaked
+    itl: LatencyHistogram | None = None  # every gap between two output tokens of a request
 
 
 def build_engine(
@@ -72,6 +74,12 @@ def build_engine(
         metrics=metrics or MetricsRecorder(record_steps=config.record_steps),
         check_invariants=config.check_invariants,
     )
+
+
+def latency_parameters(engine: Engine) -> dict[str, float]:
+    """The physics of ``engine``'s latency model (efficiency factors, all-reduce α–β), as summaries report them."""
+    model = getattr(engine.executor, "latency_model", None)
+    return {k: float(v) for k, v in model.parameters().items()} if model is not None else {}
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
@@ -158,8 +166,10 @@ class Simulator:
         summary["swap_pages_out"] = float(swaps.pages_out)
         summary["swap_pages_in"] = float(swaps.pages_in)
         summary["swap_seconds"] = float(swaps.seconds)
+        for key, value in latency_parameters(self.engine).items():
+            summary[key] = value
         return SimResult(self.config, self.engine.allocator.num_pages, requests, steps, summary,
-                         self.engine.allocator.num_free_pages)
+                         self.engine.allocator.num_free_pages, metrics.itl)  # fmt: skip
 
 
 def simulate(config: SimConfig, workload: Workload, *, progress: bool = False) -> SimResult:

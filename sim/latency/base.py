@@ -34,6 +34,17 @@ class LatencyModel(ABC):
     def step_time(self, shape: BatchShape) -> float:
         """Seconds for one engine step of ``shape``."""
 
+    def parameters(self) -> dict[str, float]:
+        """Numbers that describe the model's physics (e.g. achieved-efficiency factors), reported in run summaries.
+        Default: none."""
+        return {}
+
+    def min_prefill_seconds(self, num_tokens: int) -> float:
+        """A lower bound on the time from the start of a ``num_tokens``-token prompt's first prefill step to the end
+        of its last, however it is chunked and batched (a cluster bounds how far replicas may fast-forward with it).
+        Default 0 (always a bound)."""
+        return 0.0
+
     def decode_run_times(self, num_seqs: int, kv_tokens_read: int, num_steps: int) -> np.ndarray:
         """Durations of ``num_steps`` decode-only steps of ``num_seqs`` sequences.
 

@@ -21,8 +21,10 @@ def roofline(acc: str = "h100-80gb", model: str = "llama-3-8b", tp: int = 1, **k
 def datasheet(acc: str, model: str, tp: int) -> RooflineLatencyModel:
     """The older accounting: datasheet peaks, latency-free all-reduces, the table streamed, weights split evenly."""
     a = get_accelerator(acc)
-    return roofline(acc, model, tp, flops_efficiency=1.0, hbm_efficiency=1.0, allreduce_latency_s=0.0,
-                    allreduce_bus_bandwidth=a.interconnect_bandwidth, embeddings="streamed", tp_layout="even")  # fmt: skip
+    return roofline(
+        acc, model, tp, flops_efficiency=1.0, hbm_efficiency=1.0, allreduce_latency_s=0.0,
+        allreduce_bus_bandwidth=a.interconnect_bandwidth, embeddings="streamed", tp_layout="even",
+    )  # fmt: skip
 
 
 def test_presets_carry_published_efficiencies_and_a_link() -> None:

@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from odrive.sampling_params import SamplingParams
-from odrive.vsurge import GenerationResult, RequestHandle, StreamDelta, vSurge
+from odrive.server import errors
+from odrive.server.errors import APIError
+from odrive.vsurge import RequestHandle, StreamDelta, vSurge
 
 log = logging.getLogger("odrive.server")
 Prompt = str | Sequence[int]
@@ -25,15 +27,22 @@ class GenerationStream:
     """The deltas of one API call's requests (``n`` choices × prompts), as ``(index, delta)`` pairs.
 
     Iteration ends once every request has delivered its final delta. ``close()`` aborts the requests
-    that have not finished (their pages go back to the pool); it is idempotent and never blocks.
+    that have not finished (their pages go back to the pool); it is idempotent and never blocks. ``abort(error)``
+    does the same and records why (``error``: the server's reason, e.g. shutdown), so the response can say so.
+    With ``max_backlog``, a consumer that falls that many deltas behind (a client that does not read) is aborted:
+    the engine stops generating for it instead of buffering without bound.
     """
 
-    def __init__(self, client: EngineClient, loop: asyncio.AbstractEventLoop, size: int) -> None:
+    def __init__(
+        self, client: EngineClient, loop: asyncio.AbstractEventLoop, size: int, max_backlog: int | None = None
+    ) -> None:
         self._client = client
         self._loop = loop
         self._queue: asyncio.Queue[tuple[int, StreamDelta]] = asyncio.Queue()
         self._pending = size
+        self.max_backlog = max_backlog
         self.handles: list[RequestHandle] = []
+        self.error: APIError | None = None
 
     def attach(self, index: int, handle: RequestHandle) -> None:
         """Called from a pool thread right after ``submit``."""
@@ -41,11 +50,18 @@ class GenerationStream:
 
         def deliver(delta: StreamDelta) -> None:  # runs on the engine thread: must never raise
             try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, (index, delta))
+                self._loop.call_soon_threadsafe(self._put, (index, delta))
             except RuntimeError:  # the event loop is gone (server shut down): nobody is listening
                 pass
 
         handle.subscribe(deliver)
+
+    def _put(self, item: tuple[int, StreamDelta]) -> None:
+        self._queue.put_nowait(item)
+        if self.max_backlog is not None and self._queue.qsize() > self.max_backlog and self.error is None:
+            log.warning("a client fell %d deltas behind its stream: aborting its requests", self._queue.qsize())
+            self.abort(errors.client_too_slow(f"the client read too slowly: more than {self.max_backlog} deltas "
+                                              "were waiting to be sent"))  # fmt: skip
 
     def __aiter__(self) -> GenerationStream:
         return self
@@ -63,13 +79,19 @@ class GenerationStream:
         if live:
             self._client.abort_soon(live)
 
-    async def results(self) -> list[GenerationResult | None]:
-        """Wait for every request; None marks one the engine failed."""
-        out: list[GenerationResult | None] = [None] * len(self.handles)
+    def abort(self, error: APIError) -> None:
+        """End the call early because of ``error`` (kept in ``self.error`` for the response)."""
+        if self.error is None:
+            self.error = error
+        self.close()
+
+    async def finals(self) -> list[StreamDelta]:
+        """Wait for every request; its final delta (with the result, or the error of a failed request)."""
+        out: list[StreamDelta | None] = [None] * len(self.handles)
         async for index, delta in self:
             if delta.finished:
-                out[index] = delta.result
-        return out
+                out[index] = delta
+        return out  # type: ignore[return-value]
 
 
 class EngineClient:
@@ -84,6 +106,10 @@ class EngineClient:
         return self.surge.is_running
 
     @property
+    def vocab_size(self) -> int:
+        return self.surge.model.config.vocab_size
+
+    @property
     def max_model_len(self) -> int | None:
         return self.surge.engine.scheduler.config.max_model_len
 
@@ -94,10 +120,12 @@ class EngineClient:
         pool = alloc.num_usable_pages * alloc.page_size
         return min(self.max_model_len or pool, pool)
 
-    async def submit(self, jobs: Sequence[tuple[Prompt, SamplingParams]]) -> GenerationStream:
+    async def submit(
+        self, jobs: Sequence[tuple[Prompt, SamplingParams]], max_backlog: int | None = None
+    ) -> GenerationStream:
         """Submit every job (all or none: on a ValueError the already-queued ones are aborted)."""
         loop = asyncio.get_running_loop()
-        stream = GenerationStream(self, loop, len(jobs))
+        stream = GenerationStream(self, loop, len(jobs), max_backlog)
         future = loop.run_in_executor(self._pool, self._submit_all, jobs, stream)
         try:
             await asyncio.shield(future)

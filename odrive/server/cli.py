@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 
@@ -42,6 +43,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     engine.add_argument("--seed", type=int, default=894)
     engine.add_argument("--scheduler", default="fcfs")
     engine.add_argument("--allocator", default="free-list")
+    limits = p.add_argument_group("fair use and robustness")
+    limits.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=None,
+        help="most tokens one choice may ask for (default: the context length)",
+    )
+    limits.add_argument("--max-n", type=int, default=8, help="most choices per prompt (default 8)")
+    limits.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/*; repeatable (default: $ODRIVE_API_KEY)",
+    )
+    limits.add_argument(
+        "--max-concurrent-per-key",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most sequences (prompts x n) one API key — or, without keys, one client address — "
+        "may have in flight; more is a 429",
+    )
+    limits.add_argument(
+        "--stream-buffer-tokens",
+        type=int,
+        default=1024,
+        help="deltas per choice held for a client that does not read before its requests are aborted (default 1024)",
+    )
+    limits.add_argument(
+        "--client-stall-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a write to a client may block before its requests are aborted (default 30)",
+    )
+    limits.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds to receive a request's headers (default 10)"
+    )
+    limits.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds to receive a request's body (default 30)"
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections beyond which new ones get a 503 (default: no limit)",
+    )
+    limits.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="on SIGTERM, seconds in-flight requests may still take before they are aborted "
+                             "(default 30)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -64,20 +115,38 @@ def served_name(args: argparse.Namespace) -> str:
     return args.served_model_name or Path(args.model).resolve().name
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def server_limits(args: argparse.Namespace):  # noqa: ANN201 - ServerLimits (imported lazily)
+    """The fair-use limits the flags describe (a bad value is a ConfigError)."""
+    from odrive.server.limits import ServerLimits
 
+    env_key = os.environ.get("ODRIVE_API_KEY")
+    keys = tuple(args.api_key or ([env_key] if env_key else []))
+    return ServerLimits(
+        max_tokens=args.max_tokens_limit, max_n=args.max_n, api_keys=keys,
+        max_concurrent_per_key=args.max_concurrent_per_key, stream_buffer_tokens=args.stream_buffer_tokens,
+        client_stall_timeout=args.client_stall_timeout, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout, shutdown_timeout=args.shutdown_timeout,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM (exit 0 after the drain) or until the engine thread dies (exit 1)."""
     from odrive.server.app import create_app
+    from odrive.server.lifecycle import GracefulServer, server_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = server_limits(args)
     surge = build_surge(args)
     plan = surge.memory_plan
     logging.getLogger("odrive.server").info(
         "%s: %d KV pages of %d tokens (%s)", served_name(args), plan.num_pages, args.page_size, plan.source
     )
-    app = create_app(surge, served_name(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
-    return 0
+    app = create_app(surge, served_name(args), limits=limits)
+    config = server_config(app, limits, host=args.host, port=args.port, log_level=args.log_level,
+                           limit_concurrency=args.max_connections)  # fmt: skip
+    server = GracefulServer(config, app.state.server)
+    server.run()
+    return server.exit_code
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,53 +1,68 @@
 """Request bodies of the OpenAI-compatible API (pydantic v2 models) and their mapping to SamplingParams.
 
+Validation is strict, at the edge: no bool where a number is due and no string where a bool is (``max_tokens: true``
+and ``stream: "yes"`` are 400s), every number is bounded to what the engine stores it in (int32 for token ids,
+``top_k`` and ``max_tokens``; a 64-bit seed), floats must be finite, roles are OpenAI's, and strings must be valid
+Unicode (the JSON parser refuses lone surrogates). The body itself is parsed by pydantic's JSON parser, which bounds
+nesting and refuses integer literals too long to convert (see ``odrive.server.errors.parse_body``).
+
 Fields odrive does not implement are rejected with a 400 when set to a non-default value (never silently
 ignored); unknown fields are ignored, as OpenAI-compatible servers commonly do.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from odrive.sampling_params import SamplingParams
+from odrive.sampling_params import INT32_MAX, SamplingParams
 
-MAX_N = 8  # choices per prompt
+MAX_N = 128  # choices per prompt the schema accepts; a server's own limit (--max-n, default 8) is lower
 MAX_PROMPTS = 32  # prompts per /v1/completions call
 MAX_STOP = 16  # stop strings per request
+MAX_STOP_TOKEN_IDS = 64
+MAX_MESSAGES = 1024
 SEED_MASK = 0x7FFFFFFF
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Prompt = str | list[int]
+STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 
 class StreamOptions(BaseModel):
     """``include_usage``: a final chunk with the call's usage. ``continuous_usage_stats`` (a vLLM extension):
     one chunk per generated token, even when its text is held back, each with that choice's usage so far."""
 
+    model_config = STRICT
+
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
 
 class SamplingFields(BaseModel):
-    """The sampling fields both endpoints share (``top_k`` and ``ignore_eos`` are extensions)."""
+    """The sampling fields both endpoints share (``top_k``, ``ignore_eos`` and ``stop_token_ids`` are extensions)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
+    model: str = Field(max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1)  # 0 or -1: disabled
-    seed: int | None = None
+    top_k: int = Field(0, ge=-1, le=INT32_MAX)  # 0 or -1: disabled
+    seed: int | None = Field(None, ge=INT64_MIN, le=UINT64_MAX)
     stop: str | list[str] | None = None
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
-    logprobs: Any = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    logprobs: bool | Annotated[int, Field(ge=0, le=20)] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(None, max_length=300)
+    user: str | None = Field(None, max_length=256)
 
     @field_validator("stop")
     @classmethod
@@ -80,7 +95,7 @@ class SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def sampling_params(self, max_tokens: int) -> list[SamplingParams]:
-        """One SamplingParams per choice; with a seed, choice i samples with ``seed + i``."""
+        """One SamplingParams per choice; with a seed, choice i samples with ``seed + i`` (masked to 31 bits)."""
         return [
             SamplingParams(
                 max_tokens=max_tokens,
@@ -89,6 +104,7 @@ class SamplingFields(BaseModel):
                 top_k=max(self.top_k, 0),
                 seed=None if self.seed is None else (self.seed + i) & SEED_MASK,
                 stop=tuple(self.stop or ()),
+                stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=self.ignore_eos,
             )
             for i in range(self.n)
@@ -98,10 +114,10 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions``: ``prompt`` is a string, a token-id list, or a list of either."""
 
-    prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+    max_tokens: int | None = Field(16, ge=1, le=INT32_MAX)
     echo: bool = False
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -128,14 +144,18 @@ class CompletionRequest(SamplingFields):
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """One message; fields beyond ``role``/``content`` (``name``, ``tool_calls``...) reach the chat template."""
 
-    role: str
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
 
     def as_template_input(self) -> dict[str, Any]:
@@ -148,8 +168,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``; without ``max_tokens`` a reply may fill the context (max_length)."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     add_generation_prompt: bool = True
 
     @property

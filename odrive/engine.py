@@ -82,6 +82,9 @@ class Engine:
         self.outcome_listeners: list[Callable[[StepOutcome], None]] = []
         # The plan of the step in progress (None before the scheduler returns one): if a step raises, its requests.
         self.current_plan: StepPlan | None = None
+        # Pages the caller holds in this engine's allocator outside any request (a disaggregated prefill replica's
+        # K/V waiting to be sent): while any are held, a step that can schedule nothing waits, it is no deadlock.
+        self.held_pages = 0
 
     # --- admission ------------------------------------------------------------------------------
     def validate(self, request: Request) -> str | None:
@@ -118,11 +121,32 @@ class Engine:
             request.arrival_time = now
         reason = self.validate(request)
         if reason is not None:
-            self._end(request, RequestStatus.ABORTED, FinishReason.REJECTED, request.arrival_time, reason)
+            self.reject(request, reason)
             return False
         self.requests[request.request_id] = request
         self.scheduler.add_request(request)
         return True
+
+    def reject(self, request: Request, reason: str) -> None:
+        """End a request that never entered this engine as rejected (``reason`` recorded), at its arrival time."""
+        self._end(request, RequestStatus.ABORTED, FinishReason.REJECTED, request.arrival_time, reason)
+
+    def adopt(self, request: Request) -> None:
+        """Take over a running ``request`` whose K/V already sit in pages this engine's allocator holds for it (its
+        page table covers ``num_computed_tokens``): it joins the running set and decodes from the next step.
+        Disaggregated serving uses it: a decode replica adopts what a prefill replica computed."""
+        rid = request.request_id
+        if rid in self.requests:
+            raise ValueError(f"request id {rid!r} is already in flight")
+        if self.allocator.num_tokens(rid) < request.num_computed_tokens:
+            raise ValueError(
+                f"request {rid}: its pages hold {self.allocator.num_tokens(rid)} tokens, "
+                f"{request.num_computed_tokens} are computed"
+            )
+        if len(self.scheduler.running) >= self.scheduler.config.max_concurrent_decodes:
+            raise ValueError(f"cannot adopt request {rid}: the running set is full")
+        self.requests[rid] = request
+        self.scheduler.add_running(request)
 
     def abort(
         self, request_id: str, now: float, message: str = "aborted by user", reason: FinishReason = FinishReason.ABORTED
@@ -168,7 +192,7 @@ class Engine:
                                  len(sched.running))  # fmt: skip
             return StepOutcome(now, swap_time, 1, plan)
         if plan.is_empty:
-            if sched.waiting and not sched.running:
+            if sched.waiting and not sched.running and not self.held_pages:
                 head = sched.waiting[0]
                 raise InvariantViolation(
                     "progress", f"nothing scheduled although request {head.request_id} waits and none runs"

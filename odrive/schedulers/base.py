@@ -65,6 +65,12 @@ class Scheduler(ABC):
         request.status = RequestStatus.RUNNING
         self.running[request.request_id] = request
 
+    def add_running(self, request: Request) -> None:
+        """Take a request straight into the running set: its K/V already sit in pages the allocator holds for it
+        (see ``Engine.adopt``). It is scheduled like any running request from the next step."""
+        request.status = RequestStatus.RUNNING
+        self.running[request.request_id] = request
+
     def allocate_for_admission(self, request: Request, max_tokens: int, plan: StepPlan | None = None) -> int:
         """Give a waiting ``request`` pages for its next prefill chunk, reusing cached prefix pages.
 

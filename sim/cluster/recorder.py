@@ -22,16 +22,17 @@ REQUEST_DTYPES = {
 class RowBuffer:
     """Rows from every replica, each prefixed with its replica index; flushed to a sink in chunks.
 
-    ``to_frame`` turns a chunk of rows (without the replica column) into the DataFrame a
-    :class:`MetricsRecorder` would build, so derived columns (TTFT, TPOT, ...) use the core formulas.
+    Each chunk of rows (without the replica column) becomes the DataFrame a :class:`MetricsRecorder` would build,
+    so derived columns (TTFT, TPOT, ...) use the core formulas. Request rows may end in ``extra_columns`` values.
     """
 
-    def __init__(self, sink: TableSink, kind: str, chunk_rows: int) -> None:
+    def __init__(self, sink: TableSink, kind: str, chunk_rows: int, extra_columns: tuple[str, ...] = ()) -> None:
         if kind not in ("requests", "steps"):
             raise ValueError(f"kind must be 'requests' or 'steps', got {kind!r}")
         self.sink = sink
         self.kind = kind
         self.chunk_rows = chunk_rows
+        self.extra_columns = extra_columns
         self.rows: list[tuple] = []
         self.on_flush: Callable[[int], object] | None = None  # called with the number of rows written
 
@@ -45,10 +46,13 @@ class RowBuffer:
             return
         replicas = [r[0] for r in self.rows]
         scratch = MetricsRecorder()
-        body = [r[1:] for r in self.rows]
+        extra = len(self.extra_columns)
+        body = [r[1 : len(r) - extra] for r in self.rows]
         if self.kind == "requests":
             scratch._requests = body
             frame = scratch.requests_frame()
+            for j, name in enumerate(self.extra_columns):
+                frame[name] = [r[len(r) - extra + j] for r in self.rows]
         else:
             scratch._steps = body
             frame = scratch.steps_frame()

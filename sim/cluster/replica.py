@@ -102,21 +102,25 @@ class Replica:
             priority=0 if self._priorities is None else int(self._priorities[i]),
         )
 
+    def _add(self, i: int) -> None:
+        """Hand request ``i`` to the engine (a subclass may check or reshape it first)."""
+        self.engine.add_request(self._request(i))
+
     def _admit(self, now: float) -> None:
-        add = self.engine.add_request
+        add = self._add
         own = self._own
         if own is None:
             inbox = self._inbox
             if inbox:
                 while inbox:
-                    add(self._request(inbox.popleft()))
+                    add(inbox.popleft())
                 self._report()  # rejected requests are done at once
             return
         if self._next_own > now:
             return
         times, pos, n = self._own_times, self._pos, len(own)
         while pos < n and times[pos] <= now:
-            add(self._request(int(own[pos])))
+            add(int(own[pos]))
             pos += 1
         self._pos = pos
         self._next_own = self._own_time(pos)

@@ -120,9 +120,9 @@ class ClusterSimulator:
             out_dir = self._tmp.name
         self.out_dir = Path(out_dir)
         ext = table_format or default_format()
-        self._request_sink = TableSink(self.out_dir / f"requests.{ext}", REQUEST_DTYPES)
+        self._request_sink = TableSink(self.out_dir / f"requests.{ext}", {**REQUEST_DTYPES, **self.EXTRA_COLUMNS})
         self._step_sink = TableSink(self.out_dir / f"steps.{ext}", {"replica": "int32"}) if record_steps else None
-        self._request_rows = RowBuffer(self._request_sink, "requests", chunk_rows)
+        self._request_rows = RowBuffer(self._request_sink, "requests", chunk_rows, tuple(self.EXTRA_COLUMNS))
         self._step_rows = RowBuffer(self._step_sink, "steps", chunk_rows) if self._step_sink else None
 
         self.env = simpy.Environment()
@@ -140,9 +140,8 @@ class ClusterSimulator:
             own = replicas_of(plan, n)
         self.views = ClusterViews(n)
         self.replicas = [
-            Replica(
-                r, cfg, self.env, workload,
-                StreamingRecorder(r, self._request_rows, self._step_rows),
+            self._make_replica(
+                r, cfg,
                 own=None if own is None else own[r],
                 horizon_fn=None if own is not None else self._horizon,
                 before_step=None if own is not None else self.route_until,
@@ -154,6 +153,22 @@ class ClusterSimulator:
             for r, replica in zip(own, self.replicas, strict=True):
                 replica.num_routed = len(r)
         self.views.allocators = [r.engine.allocator for r in self.replicas]
+
+    EXTRA_COLUMNS: dict[str, str] = {}
+    """Columns (name: dtype) a subclass appends to every request row, after the core ones."""
+
+    def _make_replica(self, index: int, config: SimConfig, **kw: Any) -> Replica:
+        """Replica ``index`` of the pool arrivals are routed to (``kw``: its routing mode, see :class:`Replica`)."""
+        recorder = StreamingRecorder(index, self._request_rows, self._step_rows)
+        return Replica(index, config, self.env, self.workload, recorder, **kw)
+
+    def _start(self) -> None:
+        """Start processes beyond the replicas' (a subclass's); called once by :meth:`run`."""
+        return None
+
+    def _summarize(self) -> tuple[pd.Series, pd.DataFrame]:
+        """The cluster summary and per-replica rows, from the written requests table."""
+        return summarize_cluster(self._request_sink.path, self.replicas, self.router)
 
     # --- routing --------------------------------------------------------------------------------
     def route_until(self, now: float) -> None:
@@ -206,6 +221,7 @@ class ClusterSimulator:
                 self.env.process(self._guard(self._arrivals()))
             for replica in self.replicas:
                 self.env.process(self._guard(replica.run()))
+            self._start()
             self.env.run()
             if self._error is not None:
                 raise self._error
@@ -217,7 +233,7 @@ class ClusterSimulator:
         if self._step_sink is not None:
             self._step_sink.close()
         sim_wall = time.perf_counter() - t0
-        summary, per_replica = summarize_cluster(self._request_sink.path, self.replicas, self.router)
+        summary, per_replica = self._summarize()
         summary["wall_time_s"] = sim_wall
         summary["simulated_requests_per_wall_s"] = len(self.workload) / sim_wall if sim_wall > 0 else math.nan
         return ClusterResult(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sim.workloads.token_streams import BlockPrompts, block_streams
-from sim.workloads.trace_rows import TraceFormatError, TraceRows, open_text
+from sim.workloads.trace_rows import MAX_TOKEN_COUNT, TraceFormatError, TraceRows, open_text
 
 DEFAULT_BLOCK_SIZE = 512
 KEYS = ("timestamp", "input_length", "output_length")
@@ -69,10 +69,12 @@ def read_mooncake(path: Path, block_size: int = DEFAULT_BLOCK_SIZE) -> TraceRows
             lengths = []
             for key in ("input_length", "output_length"):
                 value = record[key]
-                if not _number(value) or value != int(value):
+                if not _number(value) or not math.isfinite(value) or value != int(value):
                     raise fail(f"{key} must be a whole number, got {value!r}")
                 if value < 1:
                     raise fail(f"{key}={value} must be >= 1")
+                if value > MAX_TOKEN_COUNT:
+                    raise fail(f"{key}={value} is over {MAX_TOKEN_COUNT:,} tokens")
                 lengths.append(int(value))
             prompt, output = lengths
             ids = record.get("hash_ids")

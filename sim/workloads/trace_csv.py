@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.workloads.trace_rows import TraceFormatError, TraceRows
+from sim.workloads.trace_rows import MAX_TOKEN_COUNT, TraceFormatError, TraceRows
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,8 @@ def _validated(path: Path, fmt: CsvFormat, frame: pd.DataFrame, raw: _RawText) -
         check(
             values < least, lambda r, c=c, what=what, least=least: f"{what} length {c}={raw(c, r)} must be >= {least}"
         )
+        check(values > MAX_TOKEN_COUNT,
+              lambda r, c=c, w=what: f"{w} length {c}={raw(c, r)} is over {MAX_TOKEN_COUNT:,} tokens")  # fmt: skip
     if problems:
         row, _, message = min(problems)
         raise TraceFormatError(path, _line(row), message)

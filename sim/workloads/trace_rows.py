@@ -15,6 +15,7 @@ from typing import IO
 import numpy as np
 
 COMPRESSIONS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+MAX_TOKEN_COUNT = 2**31 - 1  # a larger prompt or output length is an error in the trace (and would overflow int64 math)
 
 
 class TraceFormatError(ValueError):

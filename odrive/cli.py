@@ -1,11 +1,13 @@
 """The ``odrive`` command. Each subcommand lives in its own module with ``add_parser(subparsers)``,
-which registers a parser whose ``run`` default handles the parsed arguments."""
+which registers a parser whose ``run`` default handles the parsed arguments. A user error is one line on stderr
+and exit status 2 (``odrive.cli_errors``; ``--debug`` shows the traceback)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+
+from odrive.cli_errors import CLIParser, cli_main
 
 SUBCOMMAND_MODULES = (
     "sim.cli",  # odrive sim
@@ -15,8 +17,9 @@ SUBCOMMAND_MODULES = (
 )
 
 
+@cli_main("odrive")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="odrive", description="simulator-first paged-attention inference")
+    parser = CLIParser(prog="odrive", description="simulator-first paged-attention inference")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         try:

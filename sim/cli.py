@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from odrive.allocators import ALLOCATORS
+from odrive.cli_errors import CLIParser, check_served, cli_main, quiet_empty_figure, user_input
 from odrive.schedulers import PREEMPTION_MODES, SCHEDULERS
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS
@@ -99,8 +100,10 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig
 
 def run(args: argparse.Namespace) -> int:
     spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
-    workload = parse_workload(spec, seed=args.seed)
-    config = config_from_args(args)
+    with user_input("--workload"):
+        workload = parse_workload(spec, seed=args.seed)
+    with user_input("configuration"):
+        config = config_from_args(args)
     t0 = time.perf_counter()
     result = simulate(config, workload, progress=not args.no_progress)
     wall = time.perf_counter() - t0
@@ -112,18 +115,21 @@ def run(args: argparse.Namespace) -> int:
     summary["wall_time_s"] = wall
     summary["simulated_requests_per_wall_s"] = len(workload) / wall
     summary.to_frame("value").to_csv(out / "summary.csv")
-    figure = plot_run(result, out / "run.png")
+    with quiet_empty_figure():
+        figure = plot_run(result, out / "run.png")
     print(f"workload: {spec} ({len(workload):,} requests)")
     print(f"config:   {config.model} on {config.accelerator}, scheduler={config.scheduler}, "
           f"preemption={config.preemption_mode}, allocator={config.allocator}, page_size={config.page_size}, "
           f"pages={result.num_pages - 1:,}")
     print(format_summary(summary))
     print(f"wrote {out / 'requests.csv'}, {out / 'steps.csv'}, {out / 'summary.csv'}, {figure}")
+    check_served(result.requests)  # a run that served nothing exits 1 with the reason
     return 0
 
 
+@cli_main("python -m sim")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    parser = CLIParser(prog="python -m sim", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -27,10 +27,16 @@ def test_odrive_sim_writes_tables_summary_and_figure(tmp_path: Path, capsys: pyt
     assert "request_throughput" in printed and "page_size=32" in printed
 
 
-def test_unknown_policy_names_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="unknown scheduler 'nope'; registered: .*fcfs"):
-        main(["sim", "--workload", "poisson:rate=1,n=5,prompt=10,output=5", "--scheduler", "nope",
-              "--no-progress", "--out", str(tmp_path)])
+def test_unknown_policy_names_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sim", "--workload", "poisson:rate=1,n=5,prompt=10,output=5", "--scheduler", "nope", "--no-progress",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "odrive: error: unknown scheduler 'nope'; registered: cache-aware, decode-priority, fcfs, odriver, priority, "
+        "sarathi, sjf, token-budget\n"
+    )
+    with pytest.raises(KeyError, match="unknown scheduler 'nope'; registered: .*fcfs"):  # --debug: the exception
+        main([*argv, "--debug"])
 
 
 def test_allocator_and_scheduler_options_reach_the_policies(tmp_path: Path) -> None:

@@ -8,12 +8,14 @@ import json
 import time
 from pathlib import Path
 
+from odrive.cli_errors import CLIParser, check_served, cli_main, quiet_empty_figure, user_input
+from odrive.errors import ConfigError
 from sim.cli import TRACES, config_from_args
 from sim.cli import add_arguments as add_replica_arguments
 from sim.cluster.report import format_cluster, plot_cluster
 from sim.cluster.routers import ROUTERS
 from sim.cluster.simulator import HORIZONS, simulate_cluster
-from sim.cluster.table_sink import FORMATS, default_format
+from sim.cluster.table_sink import FORMATS, default_format, read_table
 from sim.cluster.workloads import zipf_groups
 from sim.config import SimConfig
 from sim.workloads import parse_workload
@@ -50,30 +52,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def replica_configs(args: argparse.Namespace) -> list[SimConfig]:
+    if args.replicas < 1:
+        raise ConfigError(f"--replicas must be >= 1, got {args.replicas}")
     base = config_from_args(args, record_steps=args.record_steps)
     if args.replica_configs is None:
         return [base] * args.replicas
     configs: list[SimConfig] = []
-    for entry in json.loads(args.replica_configs.read_text()):
+    path = args.replica_configs
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: each entry must be an object of SimConfig fields, got {entry!r}")
         entry = dict(entry)
         count = int(entry.pop("count", 1))
         for key in ("prefill_lengths", "latency_kwargs"):
             if key in entry:
                 entry[key] = tuple(tuple(x) if isinstance(x, list) else x for x in entry[key])
-        configs += [dataclasses.replace(base, **entry)] * count
+        try:
+            configs += [dataclasses.replace(base, **entry)] * count
+        except TypeError as err:  # a field SimConfig does not have
+            raise ConfigError(f"{path}: {err}") from None
     if len(configs) != args.replicas:
-        raise SystemExit(f"{args.replica_configs} describes {len(configs)} replicas, --replicas is {args.replicas}")
+        raise ConfigError(f"{args.replica_configs} describes {len(configs)} replicas, --replicas is {args.replicas}")
     return configs
 
 
 def run(args: argparse.Namespace) -> int:
     spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
     t0 = time.perf_counter()
-    workload = parse_workload(spec, seed=args.seed)
+    with user_input("--workload"):
+        workload = parse_workload(spec, seed=args.seed)
     groups = zipf_groups(len(workload), args.prefix_groups, seed=args.seed) if args.prefix_groups else None
     build_s = time.perf_counter() - t0
+    with user_input("configuration"):
+        configs = replica_configs(args)
     result = simulate_cluster(
-        replica_configs(args), workload, args.router, prefix_keys=groups, affinity_tokens=args.affinity_tokens,
+        configs, workload, args.router, prefix_keys=groups, affinity_tokens=args.affinity_tokens,
         seed=args.seed, horizon=args.horizon,
         out_dir=args.out, table_format=args.table_format, record_steps=args.record_steps,
         chunk_rows=args.chunk_rows, progress=not args.no_progress,
@@ -81,15 +98,19 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     result.summary.to_frame("value").to_csv(out / "summary.csv")
     result.replicas.to_csv(out / "replicas.csv", index=False)
-    figure = plot_cluster(result, out / "cluster.png")
+    with quiet_empty_figure():
+        figure = plot_cluster(result, out / "cluster.png")
     print(f"workload: {spec} ({len(workload):,} requests, built in {build_s:.1f} s)")
     print(format_cluster(result))
     wrote = [result.requests_path, result.steps_path, out / "summary.csv", out / "replicas.csv", figure]
     print("wrote " + ", ".join(str(p) for p in wrote if p is not None))
+    if result.summary.get("finished", 1) == 0:  # a run that served nothing exits 1 with the reason
+        check_served(read_table(result.requests_path))
     return 0
 
 
+@cli_main("python -m sim.cluster")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.cluster", description=__doc__)
+    parser = CLIParser(prog="python -m sim.cluster", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from odrive.allocators import ALLOCATORS
+from odrive.errors import RunError
 from odrive.schedulers import SCHEDULERS
 from sim.sweep.grid import config_fields
 
@@ -130,7 +131,7 @@ def policy_label(
     return f"{row[column]} ({extra})" if extra else str(row[column])
 
 
-class ExperimentError(RuntimeError):
+class ExperimentError(RunError, RuntimeError):
     """An experiment that produced nothing to report (every run failed)."""
 
 

@@ -40,6 +40,7 @@ from experiments.common import (
     write_table,
 )
 from odrive.allocators import ALLOCATORS
+from odrive.cli_errors import CLIParser, cli_main
 from sim.sweep import Grid, ResultCache, expand_grid, run_sweep
 from sim.workloads import parse_workload
 
@@ -59,7 +60,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CLIParser(
         prog="python -m experiments.fragmentation",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -199,6 +200,7 @@ def report(summary: pd.DataFrame, over_time: pd.DataFrame, args: argparse.Namesp
     return summary
 
 
+@cli_main("python -m experiments.fragmentation")
 def main(argv: list[str] | None = None) -> int:
     run(build_parser().parse_args(argv))
     return 0

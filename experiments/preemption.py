@@ -36,6 +36,7 @@ from experiments.common import (
     sweep_kwargs,
     write_table,
 )
+from odrive.cli_errors import CLIParser, cli_main
 from sim.simulator import SimResult
 from sim.sweep import run_sweep
 
@@ -71,7 +72,7 @@ def preemption_metrics(result: SimResult) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CLIParser(
         prog="python -m experiments.preemption",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -160,6 +161,7 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
+@cli_main("python -m experiments.preemption")
 def main(argv: list[str] | None = None) -> int:
     run(build_parser().parse_args(argv))
     return 0

@@ -36,6 +36,7 @@ from experiments.common import (
     write_table,
 )
 from odrive.allocators import ALLOCATORS
+from odrive.cli_errors import CLIParser, cli_main
 from sim.sweep import run_sweep
 from sim.workloads import WORKLOAD_KINDS
 
@@ -84,7 +85,7 @@ def available_workloads() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CLIParser(
         prog="python -m experiments.prefix_caching",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -192,6 +193,7 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
+@cli_main("python -m experiments.prefix_caching")
 def main(argv: list[str] | None = None) -> int:
     run(build_parser().parse_args(argv))
     return 0

@@ -31,6 +31,7 @@ from experiments.common import (
     sweep_kwargs,
     write_table,
 )
+from odrive.cli_errors import CLIParser, cli_main
 from sim.hardware import ACCELERATORS
 from sim.sweep import run_sweep, slo_result_metrics
 
@@ -46,7 +47,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CLIParser(
         prog="python -m experiments.throughput_latency",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,6 +142,7 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
+@cli_main("python -m experiments.throughput_latency")
 def main(argv: list[str] | None = None) -> int:
     run(build_parser().parse_args(argv))
     return 0

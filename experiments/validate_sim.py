@@ -58,6 +58,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from odrive.cli_errors import CLIParser, cli_main  # noqa: E402
 from odrive.profiling.compare import error_rows, median_run, per_request  # noqa: E402
 from odrive.profiling.features import EngineGeometry  # noqa: E402
 from odrive.profiling.pinning import PIN_MODES, current_pinning, pin_as_profiled  # noqa: E402
@@ -533,8 +534,9 @@ def plot(v: Validation, path: Path) -> Path:
     return path
 
 
+@cli_main("python -m experiments.validate_sim")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = CLIParser(
         prog="python -m experiments.validate_sim",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

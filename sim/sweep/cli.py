@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from odrive.cli_errors import CLIParser, cli_main
 from sim.sweep.grid import load_grid
 from sim.sweep.runner import config_columns, run_sweep
 
@@ -21,7 +22,7 @@ def varying_columns(table: pd.DataFrame) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sim.sweep", description=__doc__)
+    p = CLIParser(prog="python -m sim.sweep", description=__doc__)
     p.add_argument("grid", type=Path, help="YAML grid file (see sim/sweep/grid.py for the format)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.parquet, results.csv and cache/")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m sim.sweep")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     grid = load_grid(args.grid)

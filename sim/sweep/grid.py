@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from odrive.errors import UserError
 from sim.config import SimConfig
 
 GridLike = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 WORKLOAD_KEY = "workload"
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A grid that names unknown fields, lacks a workload, or cannot build a SimConfig."""
 
 
@@ -150,7 +151,10 @@ def load_grid(path: str | Path) -> Grid:
         raise ImportError("reading a YAML grid needs PyYAML: pip install pyyaml") from err
     path = Path(path)
     with path.open() as fh:
-        data = yaml.safe_load(fh)
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise GridError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if isinstance(data, Mapping) and "grid" in data:
         extra = set(data) - {"grid", "base", "imports"}
         if extra:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from odrive.errors import UserError
 from odrive.registry import Registry
 from sim.workloads.lengths import Empirical, Fixed, LengthDistribution, LogNormal, Uniform
 from sim.workloads.request import Workload
@@ -36,7 +37,7 @@ WorkloadParser = Callable[[str, int], Workload]
 WORKLOAD_KINDS: Registry[WorkloadParser] = Registry("workload kind")
 
 
-class WorkloadSpecError(ValueError):
+class WorkloadSpecError(UserError, ValueError):
     """A workload string that does not follow the grammar in this module's docstring."""
 
 

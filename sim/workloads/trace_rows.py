@@ -14,11 +14,13 @@ from typing import IO
 
 import numpy as np
 
+from odrive.errors import UserError
+
 COMPRESSIONS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 MAX_TOKEN_COUNT = 2**31 - 1  # a larger prompt or output length is an error in the trace (and would overflow int64 math)
 
 
-class TraceFormatError(ValueError):
+class TraceFormatError(UserError, ValueError):
     """A malformed trace; the message reads ``PATH:LINE: problem`` (1-based line, a CSV header is line 1)."""
 
     def __init__(self, path: str | PathLike[str], line: int | None, problem: str) -> None:

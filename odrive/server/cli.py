@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+from odrive.cli_errors import user_input
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -136,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = server_limits(args)
-    surge = build_surge(args)
+    with user_input("--model"):  # a checkpoint or engine setting the loader refuses
+        surge = build_surge(args)
     plan = surge.memory_plan
     logging.getLogger("odrive.server").info(
         "%s: %d KV pages of %d tokens (%s)", served_name(args), plan.num_pages, args.page_size, plan.source

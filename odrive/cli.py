@@ -12,6 +12,7 @@ from odrive.cli_errors import CLIParser, cli_main
 SUBCOMMAND_MODULES = (
     "sim.cli",  # odrive sim
     "odrive.server.cli",  # odrive serve
+    "odrive.generate_cli",  # odrive generate
     "odrive.profiling.cli",  # odrive profile
     "odrive.profiling.probe_cli",  # odrive probe
 )

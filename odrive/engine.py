@@ -226,8 +226,11 @@ class Engine:
         outcome = StepOutcome(now, duration, 1, plan)
         if faults:
             batch = self._fail_faulty(batch, faults, end, outcome)
+        one_step_gaps = 0
         for chunk in batch:
-            self._advance(chunk, sampled, end, outcome)
+            one_step_gaps += self._advance(chunk, sampled, end, outcome)
+        if one_step_gaps:
+            self.metrics.on_token_gap(duration, one_step_gaps)
         if self.check_invariants:
             self.allocator.check_invariants()
         self.metrics.on_step(
@@ -237,13 +240,15 @@ class Engine:
         )  # fmt: skip
         return outcome
 
-    def _advance(self, chunk: SeqChunk, sampled: dict[str, int] | None, end: float, outcome: StepOutcome) -> None:
+    def _advance(self, chunk: SeqChunk, sampled: dict[str, int] | None, end: float, outcome: StepOutcome) -> bool:
+        """Apply one step to ``chunk``'s request; True when it produced a token one step after its previous one
+        (an inter-token gap of the step's duration, which the caller records once for all such requests)."""
         req = chunk.request
         req.num_computed_tokens += chunk.num_tokens
         if self._caching:
             self.allocator.commit(req)
         if not chunk.sample:
-            return
+            return False
         token = None if sampled is None else sampled[req.request_id]
         if token is not None:
             req.output_token_ids.append(token)
@@ -251,10 +256,17 @@ class Engine:
         req.num_output_tokens += 1
         if req.first_token_time is None:
             req.first_token_time = end
+        last, one_step = req.last_token_time, False
+        if last is not None:
+            one_step = last == outcome.start
+            if not one_step:
+                self.metrics.on_token_gap(end - last)
+        req.last_token_time = end
         reason = self._finish_reason(req, token)
         if reason is not None:
             self._finish(req, reason, end)
             outcome.finished.append(req)
+        return one_step
 
     # --- simulator fast-forward -------------------------------------------------------------------
     def _fast_forward(self, now: float, plan: StepPlan, batch: list[SeqChunk], steady: int,
@@ -280,15 +292,25 @@ class Engine:
         duration = float(ends[num_steps - 1])
         outcome = StepOutcome(now, duration, num_steps, plan)
         ran = [min(k, num_steps) for k in steps]
+        first, one_step_gaps = float(ends[0]), 0
         for i in sorted(range(len(batch)), key=ran.__getitem__):  # in finish order: finishes free pages first
             chunk, k = batch[i], ran[i]
             grow_tables(self.allocator, chunk, k)
             req = chunk.request
             req.num_computed_tokens += k
             req.num_output_tokens += k
+            last = req.last_token_time
+            if last == now:
+                one_step_gaps += 1
+            elif last is not None:
+                self.metrics.on_token_gap(now + first - last)
+            req.last_token_time = now + float(ends[k - 1])
             if req.num_output_tokens >= req.sampling_params.max_tokens:
                 self._finish(req, FinishReason.LENGTH, now + float(ends[k - 1]))
                 outcome.finished.append(req)
+        if one_step_gaps:
+            self.metrics.on_token_gap(first, one_step_gaps)
+        self.metrics.on_run_gaps(ends, num_steps, ran)
         if self.check_invariants:
             self.allocator.check_invariants()
         self.metrics.on_step(now, duration, num_steps, 0, 0, len(batch), len(plan.preempted), len(outcome.finished),

@@ -1,8 +1,9 @@
-"""Per-request and per-step metrics, as pandas DataFrames."""
+"""Per-request and per-step metrics, as pandas DataFrames, and inter-token latencies as a bounded histogram."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import AllocatorStats
+from odrive.latency_histogram import LatencyHistogram
 from odrive.request import Request
 
 REQUEST_COLUMNS = [
@@ -43,12 +45,15 @@ class PageUsage:
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class MetricsRecorder:
-    """Collects rows as plain tuples (cheap in the hot loop); builds DataFrames on demand."""
+    """Collects rows as plain tuples (cheap in the hot loop); builds DataFrames on demand. Every gap between two
+    output tokens of a request (its inter-token latency, ITL) goes to ``itl``, a :class:`LatencyHistogram`
+    (bounded memory; pass one to share it, e.g. between a cluster's replicas)."""
 
-    def __init__(self, record_steps: bool = True) -> None:
+    def __init__(self, record_steps: bool = True, itl: LatencyHistogram | None = None) -> None:
         self.record_steps = record_steps
         self._requests: list[tuple] = []
         self._steps: list[tuple] = []
+        self.itl = itl if itl is not None else LatencyHistogram()
 
     def on_request_done(self, r: Request) -> None:
         self._requests.append((
@@ -69,6 +74,16 @@ class MetricsRecorder:
                 usage.num_pages - usage.pages_used, usage.allocated_slots, usage.used_slots, usage.fragmentation,
                 num_waiting, num_running,
             ))  # fmt: skip
+
+    def on_token_gap(self, gap: float, count: int = 1) -> None:
+        """``count`` requests each produced an output token ``gap`` seconds after their previous one."""
+        self.itl.add(gap, count)
+
+    def on_run_gaps(self, ends: Sequence[float] | np.ndarray, num_steps: int, ran: list[int]) -> None:
+        """The gaps inside a fast-forwarded decode run: step ``j >= 1`` (ending at ``ends[j]``) gave a token,
+        ``ends[j] - ends[j - 1]`` after the last, to every request that ran more than ``j`` steps (``ran``: steps
+        per request). The first step's gaps are the caller's (they depend on each request's past)."""
+        self.itl.add_run(ends, num_steps, ran)
 
     @property
     def num_done(self) -> int:

@@ -55,6 +55,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at (last) admission
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    last_token_time: float | None = None  # when its latest output token came (inter-token latencies)
     finish_time: float | None = None
 
     @classmethod

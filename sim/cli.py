@@ -6,8 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from odrive.allocators import ALLOCATORS
+from odrive.bench.results import add_result_arguments, goodput_of, run_duration, serving_results, write_results
 from odrive.cli_errors import CLIParser, check_served, cli_main, quiet_empty_figure, user_input
+from odrive.latency_histogram import LatencyHistogram
 from odrive.schedulers import PREEMPTION_MODES, SCHEDULERS
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS
@@ -75,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-invariants", action="store_true", help="check every plan (slower)")
     p.add_argument("--out", type=Path, default=Path("results/sim"), help="output folder")
     p.add_argument("--no-progress", action="store_true")
+    add_result_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig:
@@ -117,14 +122,26 @@ def run(args: argparse.Namespace) -> int:
     summary.to_frame("value").to_csv(out / "summary.csv")
     with quiet_empty_figure():
         figure = plot_run(result, out / "run.png")
+    results = write_results(out / "results.json", sim_results(args, spec, result.requests, result.itl))
+    for note in workload.notes:
+        print(f"note: {note}")
     print(f"workload: {spec} ({len(workload):,} requests)")
     print(f"config:   {config.model} on {config.accelerator}, scheduler={config.scheduler}, "
           f"preemption={config.preemption_mode}, allocator={config.allocator}, page_size={config.page_size}, "
           f"pages={result.num_pages - 1:,}")
     print(format_summary(summary))
-    print(f"wrote {out / 'requests.csv'}, {out / 'steps.csv'}, {out / 'summary.csv'}, {figure}")
+    print(f"wrote {out / 'requests.csv'}, {out / 'steps.csv'}, {out / 'summary.csv'}, {results}, {figure}")
     check_served(result.requests)  # a run that served nothing exits 1 with the reason
     return 0
+
+
+def sim_results(args: argparse.Namespace, spec: str, requests: pd.DataFrame, itl: LatencyHistogram | None) -> dict:
+    """The run's ``vllm bench serve``-style results (``odrive.bench.results``), labelled with what ran."""
+    info = {"backend": "odrive-sim", "model_id": args.model, "accelerator": args.accelerator,
+            "latency_model": args.latency_model, "scheduler": args.scheduler, "allocator": args.allocator,
+            "workload": spec}  # fmt: skip
+    return serving_results(requests, itl if itl is not None else LatencyHistogram(), duration=run_duration(requests),
+                           percentiles=args.metric_percentiles, goodput=goodput_of(args), info=info)  # fmt: skip
 
 
 @cli_main("python -m sim")

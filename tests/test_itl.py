@@ -58,3 +58,18 @@ def test_gaps_are_the_step_times_of_a_lone_request() -> None:
     assert result.itl.total == pytest.approx(float(decode["duration"].sum()), rel=1e-12)
     per_step = np.repeat(decode["duration"] / decode["num_steps"], decode["num_steps"])  # a run's steps are equal-ish
     assert result.itl.mean == pytest.approx(float(per_step.mean()), rel=1e-9)
+
+
+def test_a_cluster_pools_every_replicas_gaps() -> None:
+    from sim.cluster import simulate_cluster
+
+    config = SimConfig(record_steps=False, **TIGHT)
+    single = Simulator(config, WORKLOAD).run()
+    one = simulate_cluster(config, WORKLOAD, "round-robin", num_replicas=1)
+    assert one.itl.count == single.itl.count and one.itl.mean == pytest.approx(single.itl.mean, rel=1e-12)
+    assert one.itl.percentile(99) == pytest.approx(single.itl.percentile(99), rel=1e-12)
+    four = simulate_cluster(config, WORKLOAD, "least-outstanding", num_replicas=4)
+    done = four.requests()
+    done = done[done["status"] == "finished"]
+    assert four.itl.count == int((done["num_output_tokens"] - 1).sum())
+    assert four.itl.total == pytest.approx(float((done["finish_time"] - done["first_token_time"]).sum()), rel=1e-9)

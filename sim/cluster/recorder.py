@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from odrive.latency_histogram import LatencyHistogram
 from odrive.metrics import MetricsRecorder, PageUsage
 from odrive.request import Request
 from sim.cluster.table_sink import TableSink
@@ -93,10 +94,13 @@ class StepStats:
 
 class StreamingRecorder(MetricsRecorder):
     """A replica's recorder: request (and, if asked, step) rows go to shared buffers tagged with the
-    replica index; only counters and online step statistics stay in memory."""
+    replica index; only counters and online step statistics stay in memory (and inter-token latencies, in
+    ``itl``: pass the cluster's one histogram)."""
 
-    def __init__(self, replica: int, requests: RowBuffer, steps: RowBuffer | None = None) -> None:
-        super().__init__(record_steps=steps is not None)
+    def __init__(
+        self, replica: int, requests: RowBuffer, steps: RowBuffer | None = None, itl: LatencyHistogram | None = None
+    ) -> None:
+        super().__init__(record_steps=steps is not None, itl=itl)
         self.replica = replica
         self._request_rows = requests
         self._step_rows = steps

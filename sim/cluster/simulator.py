@@ -15,6 +15,7 @@ import pandas as pd
 import simpy
 from tqdm.auto import tqdm
 
+from odrive.latency_histogram import LatencyHistogram
 from sim.cluster.recorder import REQUEST_DTYPES, RowBuffer, StreamingRecorder
 from sim.cluster.replica import Replica
 from sim.cluster.routers import Arrivals, Router, make_router
@@ -43,6 +44,7 @@ class ClusterResult:
     routed_ahead: bool
     notes: list[str] = field(default_factory=list)
     _tmp: Any = field(default=None, repr=False)  # keeps a temporary out_dir alive as long as the result
+    itl: LatencyHistogram | None = field(default=None, repr=False)  # every replica's inter-token latencies
 
     def requests(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The per-request table (read back from disk; pass ``columns`` to bound memory)."""
@@ -139,6 +141,7 @@ class ClusterSimulator:
                 raise ValueError(f"router {self.router!r} planned an invalid assignment")
             own = replicas_of(plan, n)
         self.views = ClusterViews(n)
+        self.itl = LatencyHistogram()  # one for all replicas' recorders
         self.replicas = [
             self._make_replica(
                 r, cfg,
@@ -159,7 +162,7 @@ class ClusterSimulator:
 
     def _make_replica(self, index: int, config: SimConfig, **kw: Any) -> Replica:
         """Replica ``index`` of the pool arrivals are routed to (``kw``: its routing mode, see :class:`Replica`)."""
-        recorder = StreamingRecorder(index, self._request_rows, self._step_rows)
+        recorder = StreamingRecorder(index, self._request_rows, self._step_rows, itl=self.itl)
         return Replica(index, config, self.env, self.workload, recorder, **kw)
 
     def _start(self) -> None:
@@ -239,7 +242,7 @@ class ClusterSimulator:
         return ClusterResult(
             self.configs, self.router_name, self._request_sink.path,
             self._step_sink.path if self._step_sink else None, summary, per_replica, sim_wall,
-            self.routed_ahead, list(self.router.notes), self._tmp,
+            self.routed_ahead, list(self.router.notes), self._tmp, self.itl,
         )  # fmt: skip
 
 

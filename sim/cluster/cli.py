@@ -12,6 +12,8 @@ from odrive.cli_errors import CLIParser, check_served, cli_main, quiet_empty_fig
 from odrive.errors import ConfigError
 from sim.cli import TRACES, config_from_args
 from sim.cli import add_arguments as add_replica_arguments
+from sim.cluster import disaggregated_cli
+from sim.cluster.disaggregated import simulate_disaggregated
 from sim.cluster.report import format_cluster, plot_cluster
 from sim.cluster.routers import ROUTERS
 from sim.cluster.simulator import HORIZONS, simulate_cluster
@@ -49,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="table_format", default=default_format(), choices=FORMATS)
     p.add_argument("--record-steps", action="store_true", help="also stream per-step rows (large)")
     p.add_argument("--chunk-rows", type=int, default=1 << 16, help="rows per write to the tables")
+    disaggregated_cli.add_arguments(p)
 
 
 def replica_configs(args: argparse.Namespace) -> list[SimConfig]:
@@ -89,12 +92,16 @@ def run(args: argparse.Namespace) -> int:
     build_s = time.perf_counter() - t0
     with user_input("configuration"):
         configs = replica_configs(args)
-    result = simulate_cluster(
-        configs, workload, args.router, prefix_keys=groups, affinity_tokens=args.affinity_tokens,
-        seed=args.seed, horizon=args.horizon,
+        pools = disaggregated_cli.pools(args, configs[0])
+    common = dict(
+        prefix_keys=groups, affinity_tokens=args.affinity_tokens, seed=args.seed, horizon=args.horizon,
         out_dir=args.out, table_format=args.table_format, record_steps=args.record_steps,
         chunk_rows=args.chunk_rows, progress=not args.no_progress,
     )  # fmt: skip
+    if pools is None:
+        result = simulate_cluster(configs, workload, args.router, **common)
+    else:
+        result = simulate_disaggregated(pools.prefill, pools.decode, workload, **pools.kwargs(), **common)
     out: Path = args.out
     result.summary.to_frame("value").to_csv(out / "summary.csv")
     result.replicas.to_csv(out / "replicas.csv", index=False)

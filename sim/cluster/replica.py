@@ -87,8 +87,9 @@ class Replica:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
-    def _request(self, i: int) -> Request:
-        max_tokens = int(self._outputs[i])
+    def _request(self, i: int, max_tokens: int | None = None) -> Request:
+        """Request ``i`` of the workload (``max_tokens``: instead of its output length)."""
+        max_tokens = int(self._outputs[i]) if max_tokens is None else max_tokens
         params = self._params.get(max_tokens)
         if params is None:
             params = self._params[max_tokens] = SamplingParams(max_tokens=max_tokens, ignore_eos=True)

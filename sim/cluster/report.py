@@ -17,8 +17,8 @@ from sim.report import format_summary  # noqa: E402
 MAX_CDF_POINTS = 2000
 
 PER_REPLICA_COLUMNS = [
-    "replica", "accelerator", "requests", "finished", "ttft_p50", "ttft_p99", "tpot_p50", "e2e_p99",
-    "mean_page_utilization", "preemptions", "engine_step_calls",
+    "replica", "pool", "accelerator", "requests", "finished", "prefilled", "prefill_ttft_p99", "ttft_p50", "ttft_p99",
+    "tpot_p50", "e2e_p99", "mean_page_utilization", "preemptions", "engine_step_calls",
 ]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from sim.cluster.recorder import StepStats
 from sim.cluster.replica import Replica
 from sim.cluster.routers import Router
 from sim.cluster.table_sink import read_table
+from sim.simulator import latency_parameters
 
 HEAVY_COLUMNS = ("request_id", "message")  # strings the summary does not need: not read back
 
@@ -50,6 +51,9 @@ def summarize_cluster(
     for key, value in pooled.summary().items():
         summary[key] = value
     counts = per_replica["requests"].to_numpy() if len(per_replica) else np.zeros(0)
+    if replicas:  # the latency model's physics (efficiency factors, all-reduce α–β) of the first replica
+        for key, value in latency_parameters(replicas[0].engine).items():
+            summary[key] = value
     summary["replicas"] = float(len(replicas))
     summary["engine_step_calls"] = float(sum(r.step_calls for r in replicas))
     summary["requests_per_replica_max_over_mean"] = (

@@ -27,7 +27,7 @@ class HandoffRecorder(StreamingRecorder):
         self, replica: int, requests: RowBuffer, steps: RowBuffer | None, cluster: DisaggregatedSimulator,
         decode_index: int | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(replica, requests, steps)
+        super().__init__(replica, requests, steps, itl=cluster.itl)  # one inter-token latency histogram for all
         self.cluster = cluster
         self.decode_index = decode_index
 

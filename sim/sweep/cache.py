@@ -74,7 +74,8 @@ def callable_id(fn: Callable[..., Any] | None) -> str | None:
 
 
 def run_key(point: RunPoint, *, version: str, extra: str | None = None) -> str:
-    """The cache key of one run: 20 hex digits of a SHA-256 over a canonical JSON document."""
+    """The cache key of one run: :func:`document_key` of its config, workload (and the files it names), code
+    version and extra-metrics function."""
     document = {
         "config": dataclasses.asdict(point.config),
         "workload": point.workload,
@@ -82,6 +83,11 @@ def run_key(point: RunPoint, *, version: str, extra: str | None = None) -> str:
         "code": version,
         "extra": extra,
     }
+    return document_key(document)
+
+
+def document_key(document: dict[str, Any]) -> str:
+    """20 hex digits of a SHA-256 over ``document`` as canonical JSON (what every cache key hashes)."""
     text = json.dumps(document, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -68,11 +68,12 @@ def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(SimConfig)]
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
+    """A grid value as a hashable config value: mappings become sorted tuples of pairs, lists tuples."""
     if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), hashable(v)) for k, v in value.items()))
     if isinstance(value, list | tuple):
-        return tuple(_hashable(v) for v in value)
+        return tuple(hashable(v) for v in value)
     return value
 
 
@@ -83,7 +84,7 @@ def _template_keys(workload: str) -> set[str]:
         raise GridError(f"workload template {workload!r}: {err}") from None
 
 
-def _values(key: str, value: Any) -> list[Any]:
+def axis_values(key: str, value: Any) -> list[Any]:
     """A grid entry's values: a list or tuple is a set of values, anything else one value. A tuple-typed
     field (``prefill_lengths``) given one flat list of numbers is one value, not a set."""
     if isinstance(value, list | tuple):
@@ -101,7 +102,7 @@ def _expand_one(entry: Mapping[str, Any], base: Mapping[str, Any]) -> list[RunPo
         raise GridError(f"grid entry {dict(entry)!r} has no {WORKLOAD_KEY!r} key")
     known = set(config_fields())
     keys = list(merged)
-    axes = [_values(k, merged[k]) for k in keys]
+    axes = [axis_values(k, merged[k]) for k in keys]
     points = []
     for combo in itertools.product(*axes):
         chosen = dict(zip(keys, combo, strict=True))
@@ -121,12 +122,12 @@ def _expand_one(entry: Mapping[str, Any], base: Mapping[str, Any]) -> list[RunPo
         if missing:
             raise GridError(f"workload {workload!r} needs value(s) for {', '.join(sorted(missing))}")
         spec = workload.format(**params) if used else workload
-        overrides = {k: _hashable(v) for k, v in chosen.items() if k in known}
+        overrides = {k: hashable(v) for k, v in chosen.items() if k in known}
         try:
             config = SimConfig(**overrides)
         except TypeError as err:
             raise GridError(f"cannot build SimConfig from {overrides!r}: {err}") from None
-        points.append(RunPoint(config, spec, tuple((k, _hashable(v)) for k, v in params.items())))
+        points.append(RunPoint(config, spec, tuple((k, hashable(v)) for k, v in params.items())))
     return points
 
 

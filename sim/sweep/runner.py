@@ -94,23 +94,45 @@ def _local_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
 
-def _run_local(jobs: list[tuple], workers: int) -> Iterator[RunOutput]:
+def _run_local(jobs: list[tuple], workers: int, fn: Callable[..., Any] = execute_point) -> Iterator[Any]:
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            yield execute_point(*job)
+            yield fn(*job)
         return
     with _local_pool(min(workers, len(jobs))) as pool:
-        futures = [pool.submit(execute_point, *job) for job in jobs]
+        futures = [pool.submit(fn, *job) for job in jobs]
         for future in as_completed(futures):
             yield future.result()
 
 
-def _run_dask(jobs: list[tuple], client: Any) -> Iterator[RunOutput]:
+def _run_dask(jobs: list[tuple], client: Any, fn: Callable[..., Any] = execute_point) -> Iterator[Any]:
     from distributed import as_completed as dask_completed
 
-    futures = [client.submit(execute_point, *job, key=f"odrive-sim-{job[1]}", pure=False) for job in jobs]
+    futures = [client.submit(fn, *job, key=f"odrive-{fn.__name__}-{job[1]}", pure=False) for job in jobs]
     for future in dask_completed(futures):
         yield future.result()
+
+
+def run_jobs(
+    fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int | None = None, scheduler_address: str | None = None,
+    client: Any = None,
+) -> Iterator[Any]:
+    """``fn(*job)`` for every job, on the sweep's back ends: a Dask cluster when ``client`` or ``scheduler_address``
+    is given, else ``workers`` local processes (default: all cores; 1 runs here). Results come as they finish.
+    ``fn`` must be a module-level function (workers import it); each job's second item names it on Dask."""
+    own = None
+    if client is None and scheduler_address is not None:
+        from distributed import Client
+
+        client = own = Client(scheduler_address)
+    try:
+        if client is not None:
+            yield from _run_dask(list(jobs), client, fn)
+        else:
+            yield from _run_local(list(jobs), workers or os.cpu_count() or 1, fn)
+    finally:
+        if own is not None:
+            own.close()
 
 
 def run_sweep(
@@ -158,22 +180,13 @@ def run_sweep(
             rows[key] = {}
             jobs.append((point, key, extra_metrics, keep_tables, grid.imports))
     bar = tqdm(total=len(set(keys)), initial=len(set(keys)) - len(jobs), unit="run", desc="sweep", disable=not progress)
-    own_client = None
-    if client is None and scheduler_address is not None:
-        from distributed import Client
-
-        client = own_client = Client(scheduler_address)
-    try:
-        outputs = _run_dask(jobs, client) if client is not None else _run_local(jobs, workers or os.cpu_count() or 1)
-        with bar:
-            for output in outputs:
-                rows[output.key] = {**output.row, "cached": False}
-                if cache is not None and output.ok:
-                    cache.put(output.key, output.row, output.tables)
-                bar.update(1)
-    finally:
-        if own_client is not None:
-            own_client.close()
+    outputs = run_jobs(execute_point, jobs, workers=workers, scheduler_address=scheduler_address, client=client)
+    with bar:
+        for output in outputs:
+            rows[output.key] = {**output.row, "cached": False}
+            if cache is not None and output.ok:
+                cache.put(output.key, output.row, output.tables)
+            bar.update(1)
     table = pd.DataFrame([_merge(_identity(p, k), rows[k]) for p, k in zip(grid.points, keys, strict=True)])
     tail = ["wall_s", "cached"]
     table = table[[c for c in table.columns if c not in tail] + tail]

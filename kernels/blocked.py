@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.batch_layout import query_lens
+from kernels.mask import first_visible, visible
 from kernels.softmax import SoftmaxState, absorb_scores, finish_softmax, init_softmax_state, resolve_scale
 
 NEG_INF = -jnp.inf
@@ -55,6 +56,7 @@ def _decode_pass(
     q_lens: jax.Array,
     scale: float,
     pages_per_block: int,
+    sliding_window: int | None,
 ) -> jax.Array:
     """Attention for all single-token sequences at once, written into their rows of ``out``."""
     max_seqs = kv_lens.shape[0]
@@ -72,12 +74,16 @@ def _decode_pass(
         keys = _gather_block(k_pages, page_table, block, pages_per_block)  # [H, S, K, D]
         values = _gather_block(v_pages, page_table, block, pages_per_block)
         scores = jnp.einsum("shgd,hskd->shgk", qd, keys)
-        visible = block * block_tokens + jnp.arange(block_tokens)[None, :] < context[:, None]
-        probs, state = absorb_scores(state, jnp.where(visible[:, None, None, :], scores, NEG_INF))
+        keys_at = block * block_tokens + jnp.arange(block_tokens)[None, :]
+        seen = visible(keys_at, context[:, None] - 1, sliding_window)
+        probs, state = absorb_scores(state, jnp.where(seen[:, None, None, :], scores, NEG_INF))
         return state._replace(acc=state.acc + jnp.einsum("shgk,hskd->shgd", probs, values))
 
     num_blocks = _cdiv(context.max(), block_tokens)
-    state = jax.lax.fori_loop(0, num_blocks, step, init_softmax_state((max_seqs, kv_heads, group), head_dim))
+    live = jnp.where(is_decode, first_visible(context - 1, sliding_window), jnp.iinfo(jnp.int32).max)
+    first_block = jnp.minimum(live.min() // block_tokens, num_blocks) if sliding_window is not None else 0
+    init = init_softmax_state((max_seqs, kv_heads, group), head_dim)
+    state = jax.lax.fori_loop(first_block, num_blocks, step, init)
     result = finish_softmax(state).reshape(max_seqs, num_q_heads, head_dim).astype(out.dtype)
     targets = jnp.where(is_decode, rows, out.shape[0])  # out of range -> dropped
     return out.at[targets].set(result, mode="drop")
@@ -96,6 +102,7 @@ def _prefill_pass(
     scale: float,
     pages_per_block: int,
     q_block: int,
+    sliding_window: int | None,
 ) -> jax.Array:
     """Attention for every multi-token sequence, tile by tile, merged into its rows of ``out``."""
     num_q_heads, head_dim = q_padded.shape[1:]
@@ -116,13 +123,14 @@ def _prefill_pass(
             keys = _gather_block(k_pages, table, block, pages_per_block)  # [H, K, D]
             values = _gather_block(v_pages, table, block, pages_per_block)
             scores = jnp.einsum("qhgd,hkd->hgqk", qt, keys)
-            visible = block * block_tokens + jnp.arange(block_tokens)[None, :] <= position[:, None]
-            probs, state = absorb_scores(state, jnp.where(visible, scores, NEG_INF))
+            seen = visible(block * block_tokens + jnp.arange(block_tokens)[None, :], position[:, None], sliding_window)
+            probs, state = absorb_scores(state, jnp.where(seen, scores, NEG_INF))
             return state._replace(acc=state.acc + jnp.einsum("hgqk,hkd->hgqd", probs, values))
 
         last_position = kv_len - q_len + jnp.minimum((tile + 1) * q_block, q_len) - 1
+        first_block = first_visible(kv_len - q_len + tile * q_block, sliding_window) // block_tokens
         init = init_softmax_state((kv_heads, group, q_block), head_dim)
-        state = jax.lax.fori_loop(0, last_position // block_tokens + 1, step, init)
+        state = jax.lax.fori_loop(first_block, last_position // block_tokens + 1, step, init)
         result = jnp.moveaxis(finish_softmax(state), 2, 0).reshape(q_block, num_q_heads, head_dim)
         previous = jax.lax.dynamic_slice_in_dim(out, start, q_block)
         merged = jnp.where((row < q_len)[:, None, None], result.astype(out.dtype), previous)
@@ -136,7 +144,7 @@ def _prefill_pass(
     return jax.lax.fori_loop(0, num_seqs, one_sequence, out)
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale", "kv_block_tokens", "q_block"))
+@functools.partial(jax.jit, static_argnames=("sm_scale", "sliding_window", "kv_block_tokens", "q_block"))
 def ragged_paged_attention_blocked(
     q: jax.Array,
     k_pages: jax.Array,
@@ -147,6 +155,7 @@ def ragged_paged_attention_blocked(
     num_seqs: jax.Array,
     *,
     sm_scale: float | None = None,
+    sliding_window: int | None = None,
     kv_block_tokens: int = 256,
     q_block: int = 128,
 ) -> jax.Array:
@@ -179,8 +188,9 @@ def ragged_paged_attention_blocked(
         scale,
         pages_per_block,
         q_block,
+        sliding_window,
     )
     out = _decode_pass(
-        out, q, k_pages, v_pages, kv_lens, page_table, cu_q_lens, q_lens, scale, pages_per_block
+        out, q, k_pages, v_pages, kv_lens, page_table, cu_q_lens, q_lens, scale, pages_per_block, sliding_window
     )
     return out[:num_tokens]

@@ -16,6 +16,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from kernels.batch_layout import token_layout
+from kernels.mask import first_visible, visible
 from kernels.softmax import SoftmaxState, absorb_scores, finish_softmax, init_softmax_state, resolve_scale
 
 PALLAS_BACKENDS = ("gpu",)
@@ -42,6 +43,7 @@ def _kernel(
     o_ref: jax.Array,
     *,
     scale: float,
+    sliding_window: int | None,
 ) -> None:
     row, head = pl.program_id(0), pl.program_id(1)
     seq, position = seq_ref[row], pos_ref[row]
@@ -53,16 +55,17 @@ def _kernel(
         keys = k_ref[head, page].astype(jnp.float32)  # [page_size, D]
         values = v_ref[head, page].astype(jnp.float32)
         scores = jnp.sum(q[:, None, :] * keys[None, :, :], axis=-1)  # [group, page_size]
-        visible = j * page_size + jnp.arange(page_size)[None, :] <= position
-        probs, state = absorb_scores(state, jnp.where(visible, scores, -jnp.inf))
+        seen = visible(j * page_size + jnp.arange(page_size)[None, :], position, sliding_window)
+        probs, state = absorb_scores(state, jnp.where(seen, scores, -jnp.inf))
         return state._replace(acc=state.acc + jnp.sum(probs[:, :, None] * values[None, :, :], axis=1))
 
     num_pages = (position + page_size) // page_size  # 0 for padding rows (position == -1)
-    state = jax.lax.fori_loop(0, num_pages, step, init_softmax_state((q.shape[0],), head_dim))
+    first_page = jnp.minimum(first_visible(position, sliding_window) // page_size, num_pages)
+    state = jax.lax.fori_loop(first_page, num_pages, step, init_softmax_state((q.shape[0],), head_dim))
     o_ref[row, head] = finish_softmax(state).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale", "interpret"))
+@functools.partial(jax.jit, static_argnames=("sm_scale", "sliding_window", "interpret"))
 def ragged_paged_attention_pallas(
     q: jax.Array,
     k_pages: jax.Array,
@@ -73,6 +76,7 @@ def ragged_paged_attention_pallas(
     num_seqs: jax.Array,
     *,
     sm_scale: float | None = None,
+    sliding_window: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Same contract as ``ragged_paged_attention_reference``; ``interpret=True`` for CPU testing."""
@@ -80,7 +84,7 @@ def ragged_paged_attention_pallas(
     kv_heads = k_pages.shape[0]
     group = num_q_heads // kv_heads
     layout = token_layout(cu_q_lens, kv_lens, num_seqs, num_tokens)
-    kernel = functools.partial(_kernel, scale=resolve_scale(sm_scale, head_dim))
+    kernel = functools.partial(_kernel, scale=resolve_scale(sm_scale, head_dim), sliding_window=sliding_window)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((num_tokens, kv_heads, group, head_dim), q.dtype),

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from kernels.batch_layout import token_layout
+from kernels.mask import visible
 from kernels.softmax import masked_softmax, resolve_scale
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale",))
+@functools.partial(jax.jit, static_argnames=("sm_scale", "sliding_window"))
 def ragged_paged_attention_reference(
     q: jax.Array,
     k_pages: jax.Array,
@@ -26,10 +27,12 @@ def ragged_paged_attention_reference(
     num_seqs: jax.Array,
     *,
     sm_scale: float | None = None,
+    sliding_window: int | None = None,
 ) -> jax.Array:
     """Causal attention of ragged query rows ``[T, Hq, D]`` over a paged KV cache -> ``[T, Hq, D]``.
 
-    See ``kernels`` package docs for the argument layout. Padding rows come out as zeros.
+    See ``kernels`` package docs for the argument layout. Padding rows come out as zeros. With
+    ``sliding_window`` a row sees only its last ``sliding_window`` positions.
     """
     num_tokens, num_q_heads, head_dim = q.shape
     kv_heads, _, page_size, _ = k_pages.shape
@@ -45,7 +48,7 @@ def ragged_paged_attention_reference(
 
     qg = q.astype(jnp.float32).reshape(num_tokens, kv_heads, group, head_dim) * scale
     scores = jnp.einsum("thgd,htkd->thgk", qg, keys)
-    visible = jnp.arange(context)[None, :] <= layout.positions[:, None]  # [T, context]
-    probs = masked_softmax(jnp.where(visible[:, None, None, :], scores, -jnp.inf))
+    seen = visible(jnp.arange(context)[None, :], layout.positions[:, None], sliding_window)  # [T, context]
+    probs = masked_softmax(jnp.where(seen[:, None, None, :], scores, -jnp.inf))
     out = jnp.einsum("thgk,htkd->thgd", probs, values)
     return out.reshape(num_tokens, num_q_heads, head_dim).astype(q.dtype)

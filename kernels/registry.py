@@ -25,6 +25,7 @@ class AttentionImpl(Protocol):
         num_seqs: jax.Array,
         *,
         sm_scale: float | None = None,
+        sliding_window: int | None = None,
     ) -> jax.Array: ...
 
 
@@ -72,6 +73,7 @@ def ragged_paged_attention(
     num_seqs: jax.Array,
     *,
     sm_scale: float | None = None,
+    sliding_window: int | None = None,
 ) -> jax.Array:
     """Ragged paged attention with the fastest implementation for the current platform.
 
@@ -81,4 +83,14 @@ def ragged_paged_attention(
     if name == "pallas" and not pallas_supports(q, k_pages):
         name = "blocked"
     impl = get_attention_impl(name)
-    return impl(q, k_pages, v_pages, kv_lens, page_indices, cu_q_lens, num_seqs, sm_scale=sm_scale)
+    return impl(
+        q,
+        k_pages,
+        v_pages,
+        kv_lens,
+        page_indices,
+        cu_q_lens,
+        num_seqs,
+        sm_scale=sm_scale,
+        sliding_window=sliding_window,
+    )

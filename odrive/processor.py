@@ -1,6 +1,8 @@
-"""Tokenizer + chat template for a checkpoint directory, built on the ``tokenizers`` library.
+"""Tokenizer + chat template for a model, built on the ``tokenizers`` library.
 
-Reads ``tokenizer.json`` (required) and, when present, ``tokenizer_config.json`` /
+A GGUF file (or a packaged model name, see ``odrive.model_source``) carries its vocabulary, merges and chat
+template; they are written out once as these files (``odrive.gguf_convert``). A checkpoint directory needs
+``tokenizer.json`` and, when present, ``tokenizer_config.json`` /
 ``special_tokens_map.json`` (bos/eos/pad tokens, ``add_bos_token``, ``chat_template``),
 ``chat_template.jinja`` and ``generation_config.json`` (extra EOS ids).
 
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
+
+from odrive.model_source import ModelSource, checkpoint_folder
 
 Message = Mapping[str, Any]
 
@@ -84,9 +88,9 @@ class Processor:
         return None if token is None else self.tokenizer.token_to_id(token)
 
 
-def load_processor(path: str | Path) -> Processor:
-    """Load the processor files from a checkpoint directory."""
-    path = Path(path)
+def load_processor(model: str | Path | ModelSource) -> Processor:
+    """The processor of a checkpoint directory, a GGUF file or a packaged model name (``smollm2-135m-instruct``)."""
+    path = checkpoint_folder(model, weights=False)
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise FileNotFoundError(f"tokenizer.json not found in {path} (only fast-tokenizer checkpoints are supported)")

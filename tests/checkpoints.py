@@ -1,4 +1,4 @@
-"""Build tiny HF-format Llama checkpoints (random weights + in-process trained tokenizer) for tests."""
+"""Build tiny HF-format checkpoints (Llama, Qwen2, Qwen3, Mistral; random weights + trained tokenizer) for tests."""
 
 from __future__ import annotations
 
@@ -74,8 +74,12 @@ def build_tiny_checkpoint(
     seed: int = 0,
     max_shard_bytes: int | None = None,
     with_tokenizer: bool = True,
+    model_type: str = "llama",
+    sliding_window: int | None = None,
 ) -> Path:
-    """Write a random-weight Llama checkpoint (config.json, safetensors, tokenizer files) to ``path``."""
+    """Write a random-weight checkpoint (config.json, safetensors, tokenizer files) to ``path``.
+
+    ``model_type`` "qwen2" adds q/k/v biases, "qwen3" q/k norms, "mistral" honours ``sliding_window``."""
     path = Path(path)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -93,6 +97,10 @@ def build_tiny_checkpoint(
         bos_token_id=SPECIAL_TOKENS.index("<s>"),
         eos_token_id=SPECIAL_TOKENS.index("</s>"),
         torch_dtype=dtype,
+        model_type=model_type,
+        qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
+        sliding_window=sliding_window,
     )
     params = init_params(config, jax.random.key(seed), dtype=dtype)
     save_model((config, params), path, max_shard_bytes=max_shard_bytes)

@@ -150,7 +150,7 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path, params):
 
 
 def test_directory_and_file_errors(tmp_path, params):
-    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+    with pytest.raises(FileNotFoundError, match="missing' not found: no such file or directory"):
         load_model(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         load_model(tmp_path)

@@ -103,14 +103,33 @@ def test_mistral_without_sliding_window_is_accepted():
 
 
 @pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"model_type": "mistral", "sliding_window": 16, "max_position_embeddings": 64}, {"sliding_window": 16}),
+        ({"model_type": "mistral", "sliding_window": 4096, "max_position_embeddings": 64}, {"sliding_window": None}),
+        ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "sliding_window": 32}, {"qkv_bias": True}),
+        ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}, {"qk_norm": True, "qkv_bias": False}),
+        ({"model_type": None, "architectures": ["Qwen3ForCausalLM"]}, {"model_type": "qwen3"}),
+    ],
+)
+def test_qwen_and_mistral_configs(overrides, expected):
+    config = LlamaConfig.from_hf_dict(_tiny(**overrides))
+    assert {k: getattr(config, k) for k in expected} == expected
+    again = LlamaConfig.from_hf_dict(config.to_hf_dict())  # written as transformers reads it, read back the same
+    assert again == config
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"num_key_value_heads": 3}, "divisible by num_key_value_heads"),
         ({"hidden_size": 30}, "not divisible by num_attention_heads"),
-        ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "q/k/v projection biases"),
+        ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8}, "use_sliding_window=true"),
+        ({"model_type": "qwen3", "attention_bias": True}, "attention_bias=true"),
         ({"model_type": "gpt2"}, "unsupported architecture"),
         ({"architectures": ["GemmaForCausalLM"]}, "unsupported architecture"),
-        ({"model_type": "mistral", "sliding_window": 16, "max_position_embeddings": 64}, "sliding_window=16"),
+        ({"sliding_window": 16, "max_position_embeddings": 64}, "sliding_window=16 is not supported for model_type"),
+        ({"model_type": "mistral", "layer_types": ["full_attention", "sliding_attention"]}, "hybrid"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "unsupported rope_scaling type 'yarn'"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "missing required field"),
         ({"hidden_act": "gelu"}, "hidden_act='gelu'"),

@@ -1,4 +1,4 @@
-"""Load and save Llama checkpoints in the HF layout (``config.json`` + ``*.safetensors``)."""
+"""Load models (HF ``config.json`` + ``*.safetensors`` folders, GGUF files, packaged names); save HF folders."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from odrive.model_source import ModelSource, checkpoint_folder
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import DTypeLike, dtype_name, resolve_dtype
 from odrive.models.llama import Params, param_shapes
@@ -39,6 +40,11 @@ _PER_LAYER = {
     "w_gate": ("mlp.gate_proj.weight", True),
     "w_up": ("mlp.up_proj.weight", True),
     "w_down": ("mlp.down_proj.weight", True),
+    "bq": ("self_attn.q_proj.bias", False),
+    "bk": ("self_attn.k_proj.bias", False),
+    "bv": ("self_attn.v_proj.bias", False),
+    "q_norm": ("self_attn.q_norm.weight", False),
+    "k_norm": ("self_attn.k_norm.weight", False),
 }
 
 
@@ -56,16 +62,22 @@ class Model:
     path: Path | None = None
 
 
-def load_model(path: str | Path, dtype: DTypeLike | None = None, *, mesh: Mesh | None = None) -> Model:
-    """Load a HF-format Llama checkpoint directory; ``dtype`` defaults to the config's ``torch_dtype``.
+def load_model(
+    model: str | Path | ModelSource,
+    dtype: DTypeLike | None = None,
+    *,
+    mesh: Mesh | None = None,
+) -> Model:
+    """Load a model: a HF-format checkpoint directory, a GGUF file, or a packaged model's name
+    (``smollm2-135m-instruct``; see ``odrive.model_source``).
 
+    ``dtype`` defaults to the config's ``torch_dtype`` (float32 for GGUF files: their quantized weights are
+    dequantized once into a cached checkpoint folder, see ``odrive.gguf_convert``).
     With ``mesh`` (``odrive.parallel.make_tp_mesh``) every tensor goes from host memory straight to its shards
     on the mesh (``odrive.parallel.param_shardings``): no device ever holds the whole model, so a model larger
     than one device loads for tensor-parallel serving. Without it, params land on the default device.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    path = checkpoint_folder(model)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"config.json not found in checkpoint directory {path}")
     config = LlamaConfig.from_json_file(path / "config.json")
@@ -147,8 +159,9 @@ def _to_hf_tensors(config: LlamaConfig, params: Params) -> dict[str, np.ndarray]
 
     put("model.embed_tokens.weight", params["embed"], False)
     for i in range(config.num_hidden_layers):
-        for name, (suffix, transpose) in _PER_LAYER.items():
-            put(f"model.layers.{i}.{suffix}", params["layers"][name][i], transpose)
+        for name, value in params["layers"].items():
+            suffix, transpose = _PER_LAYER[name]
+            put(f"model.layers.{i}.{suffix}", value[i], transpose)
     put("model.norm.weight", params["final_norm"], False)
     if not config.tie_word_embeddings:
         put("lm_head.weight", params["lm_head"], True)

@@ -9,8 +9,16 @@ from typing import Any
 
 from odrive.models.dtypes import DTypeLike, resolve_dtype
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+# model_type -> HF architecture. Qwen2 adds q/k/v projection biases, Qwen3 a per-head RMSNorm on q and k,
+# Mistral a sliding attention window; otherwise all four are the Llama decoder.
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES.values())
+SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -81,6 +89,10 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
     torch_dtype: str = "float32"
+    model_type: str = "llama"
+    qkv_bias: bool = False  # q/k/v projection biases (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
+    sliding_window: int | None = None  # a query sees only the last ``sliding_window`` positions (Mistral)
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -109,6 +121,12 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ModelConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.model_type not in ARCHITECTURES:
+            raise ModelConfigError(f"model_type {self.model_type!r} is not supported: {SUPPORTED_MODEL_TYPES}")
+        if self.sliding_window is not None and (
+            not isinstance(self.sliding_window, int) or isinstance(self.sliding_window, bool) or self.sliding_window < 1
+        ):
+            raise ModelConfigError(f"sliding_window must be a positive integer or None, got {self.sliding_window!r}")
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
             raise ModelConfigError("rms_norm_eps and rope_theta must be > 0")
         try:
@@ -139,6 +157,7 @@ class LlamaConfig:
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
         per_layer = 2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size + 2 * h
+        per_layer += (q + 2 * kv) * self.qkv_bias + 2 * self.head_dim * self.qk_norm
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_hidden_layers * per_layer + h + head
 
@@ -146,13 +165,11 @@ class LlamaConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> LlamaConfig:
         """Build from a HF ``config.json`` dict, rejecting architectures this decoder cannot run exactly."""
-        _check_architecture(d)
+        model_type = _check_architecture(d)
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
             raise ModelConfigError(f"config is missing required field(s) {missing}")
         rope_params = d.get("rope_parameters") or {}
-        if "layer_types" in d and any(t != "full_attention" for t in d["layer_types"] or ()):
-            raise ModelConfigError("per-layer attention types (sliding/hybrid) are not supported")
         rope_theta = d.get("rope_theta", rope_params.get("rope_theta", 10000.0))
         scaling = d.get("rope_scaling") or rope_params or None
         partial = (scaling or {}).get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
@@ -175,6 +192,10 @@ class LlamaConfig:
             bos_token_id=d.get("bos_token_id", 1),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"),
+            model_type=model_type,
+            qkv_bias=model_type == "qwen2",
+            qk_norm=model_type == "qwen3",
+            sliding_window=_sliding_window(d, model_type),
         )
 
     @classmethod
@@ -190,11 +211,11 @@ class LlamaConfig:
         return cls.from_hf_dict(d)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """HF ``config.json`` dict loadable by ``transformers.LlamaForCausalLM`` (v4 and v5 formats)."""
+        """HF ``config.json`` dict loadable by ``transformers`` (v4 and v5 formats) for this ``model_type``."""
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        d: dict[str, Any] = {
+            "architectures": [ARCHITECTURES[self.model_type]],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -210,27 +231,61 @@ class LlamaConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
-            "attention_bias": False,
-            "mlp_bias": False,
             "torch_dtype": self.torch_dtype,
         }
+        if self.model_type in ("llama", "mistral", "qwen3"):
+            d["attention_bias"] = False
+        if self.model_type == "llama":
+            d["mlp_bias"] = False
+        if self.model_type == "mistral":
+            d["sliding_window"] = self.sliding_window
+        if self.model_type in ("qwen2", "qwen3"):
+            d["use_sliding_window"] = False
+        return d
 
 
-def _check_architecture(d: dict[str, Any]) -> None:
-    """Accept Llama, and Mistral only when it is exactly Llama (no sliding window)."""
-    model_type = d.get("model_type", "llama")
+def _check_architecture(d: dict[str, Any]) -> str:
+    """The config's ``model_type`` if this decoder runs it exactly; else a ModelConfigError saying why."""
     archs = d.get("architectures") or []
+    model_type = d.get("model_type")
+    if model_type is None:  # old configs name only the class
+        by_arch = {arch: mt for mt, arch in ARCHITECTURES.items()}
+        model_type = next((by_arch[a] for a in archs if a in by_arch), "llama")
     if model_type not in SUPPORTED_MODEL_TYPES or any(a not in SUPPORTED_ARCHITECTURES for a in archs):
-        hint = " (qwen2 uses q/k/v projection biases)" if model_type.startswith("qwen") else ""
         raise ModelConfigError(
-            f"unsupported architecture: model_type={model_type!r}, architectures={archs}{hint}; "
+            f"unsupported architecture: model_type={model_type!r}, architectures={archs}; "
             f"supported model_type {SUPPORTED_MODEL_TYPES}, architectures {SUPPORTED_ARCHITECTURES}"
         )
-    window = d.get("sliding_window")
-    if window is not None and d.get("use_sliding_window", True) and window < d.get("max_position_embeddings", 2048):
-        raise ModelConfigError(f"sliding_window={window} attention is not supported (only full causal attention)")
+    if "layer_types" in d and any(t != "full_attention" for t in d["layer_types"] or ()):
+        if model_type != "mistral" or any(t != "sliding_attention" for t in d["layer_types"]):
+            raise ModelConfigError("per-layer attention types (hybrid sliding/full layers) are not supported")
     if d.get("hidden_act", "silu") != "silu":
         raise ModelConfigError(f"hidden_act={d['hidden_act']!r} is not supported (only 'silu')")
-    for flag in ("attention_bias", "mlp_bias"):
-        if d.get(flag):
-            raise ModelConfigError(f"{flag}=true is not supported (projections must be bias-free)")
+    if d.get("mlp_bias"):
+        raise ModelConfigError("mlp_bias=true is not supported (MLP projections must be bias-free)")
+    if d.get("attention_bias") and model_type != "qwen2":
+        raise ModelConfigError(
+            f"attention_bias=true is not supported for model_type {model_type!r} (only Qwen2's q/k/v biases are)"
+        )
+    return model_type
+
+
+def _sliding_window(d: dict[str, Any], model_type: str) -> int | None:
+    """Mistral's attention window, or None where every query sees its whole context.
+
+    A window at least as long as the longest context changes nothing and is dropped. Qwen2/Qwen3 configs carry a
+    ``sliding_window`` that applies only with ``use_sliding_window`` (per layer, past ``max_window_layers``):
+    that variant is refused.
+    """
+    window = d.get("sliding_window")
+    if model_type in ("qwen2", "qwen3"):
+        if d.get("use_sliding_window"):
+            raise ModelConfigError(f"{model_type} with use_sliding_window=true (per-layer windows) is not supported")
+        return None
+    if window is None or model_type != "mistral":
+        if window is not None and model_type == "llama":
+            raise ModelConfigError(f"sliding_window={window} is not supported for model_type 'llama'")
+        return None
+    if window >= d.get("max_position_embeddings", 2048):
+        return None
+    return int(window)

@@ -7,7 +7,9 @@ compiled once, so compile time does not grow with depth)::
     {"embed": [V, H],
      "layers": {"attn_norm": [L, H], "wq": [L, H, Hq*D], "wk": [L, H, Hkv*D], "wv": [L, H, Hkv*D],
                 "wo": [L, Hq*D, H], "mlp_norm": [L, H], "w_gate": [L, H, I], "w_up": [L, H, I],
-                "w_down": [L, I, H]},
+                "w_down": [L, I, H],
+                "bq": [L, Hq*D], "bk": [L, Hkv*D], "bv": [L, Hkv*D],   # config.qkv_bias (Qwen2)
+                "q_norm": [L, D], "k_norm": [L, D]},                  # config.qk_norm (Qwen3)
      "final_norm": [H],
      "lm_head": [H, V]}          # absent when config.tie_word_embeddings (embed.T is used)
 """
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 Params = dict[str, Any]
-_NORMS = ("attn_norm", "mlp_norm", "final_norm")
+_NORMS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm")
 
 
 def param_shapes(config: LlamaConfig) -> dict[str, Any]:
@@ -65,6 +67,10 @@ def param_shapes(config: LlamaConfig) -> dict[str, Any]:
         },
         "final_norm": (h,),
     }
+    if c.qkv_bias:
+        shapes["layers"].update(bq=(n, q), bk=(n, kv), bv=(n, kv))
+    if c.qk_norm:
+        shapes["layers"].update(q_norm=(n, c.head_dim), k_norm=(n, c.head_dim))
     if not c.tie_word_embeddings:
         shapes["lm_head"] = (h, c.vocab_size)
     return shapes
@@ -98,12 +104,20 @@ def _init_params(config: LlamaConfig, key: jax.Array, dtype: str) -> Params:
 
 # --------------------------------------------------------------------------- shared layer pieces
 def _qkv(lp: Params, x: jax.Array, positions: jax.Array, config: LlamaConfig) -> tuple[jax.Array, ...]:
-    """Pre-norm, project and rotate: ``x [..., H]`` -> q ``[..., Hq, D]``, k/v ``[..., Hkv, D]``."""
+    """Pre-norm, project and rotate: ``x [..., H]`` -> q ``[..., Hq, D]``, k/v ``[..., Hkv, D]``.
+
+    Qwen2 adds a bias to each projection; Qwen3 RMS-normalises every head of q and k before RoPE.
+    """
     h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
     lead, d = x.shape[:-1], config.head_dim
-    q = (h @ lp["wq"]).reshape(*lead, config.num_attention_heads, d)
-    k = (h @ lp["wk"]).reshape(*lead, config.num_key_value_heads, d)
-    v = (h @ lp["wv"]).reshape(*lead, config.num_key_value_heads, d)
+    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    if config.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    q = q.reshape(*lead, config.num_attention_heads, d)
+    k = k.reshape(*lead, config.num_key_value_heads, d)
+    v = v.reshape(*lead, config.num_key_value_heads, d)
+    if config.qk_norm:
+        q, k = rms_norm(q, lp["q_norm"], config.rms_norm_eps), rms_norm(k, lp["k_norm"], config.rms_norm_eps)
     inv_freq = rope_inv_freq(config)
     return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
@@ -144,7 +158,7 @@ def forward_dense(params: Params, config: LlamaConfig, token_ids: jax.Array) -> 
 
     def layer(x: jax.Array, lp: Params) -> tuple[jax.Array, None]:
         q, k, v = _qkv(lp, x, positions, config)
-        attn = dense_causal_attention(q, k, v, _sm_scale(config))
+        attn = dense_causal_attention(q, k, v, _sm_scale(config), config.sliding_window)
         return _attn_out_and_mlp(lp, x, attn, config), None
 
     x, _ = jax.lax.scan(layer, x, params["layers"])
@@ -248,6 +262,7 @@ def forward_paged(
             cu_q_lens,
             num_seqs,
             sm_scale=_sm_scale(config),
+            sliding_window=config.sliding_window,
         )
         return (_attn_out_and_mlp(lp, x, attn, config, tp_axis), k_pool, v_pool), None
 

@@ -20,6 +20,7 @@ from odrive.models.config import LlamaConfig
 
 _COLUMN = ("wq", "wk", "wv", "w_gate", "w_up")  # [L, in, out]: split out
 _ROW = ("wo", "w_down")  # [L, in, out]: split in
+_COLUMN_BIAS = ("bq", "bk", "bv")  # [L, out]: split with their projection's heads
 
 
 def check_tp(config: LlamaConfig, tp: int) -> None:
@@ -61,6 +62,10 @@ def param_specs(config: LlamaConfig, tp: int, axis: str) -> dict[str, Any]:
     layers = {name: P() for name in ("attn_norm", "mlp_norm")}
     layers.update({name: P(None, None, axis) for name in _COLUMN})
     layers.update({name: P(None, axis, None) for name in _ROW})
+    if config.qkv_bias:
+        layers.update({name: P(None, axis) for name in _COLUMN_BIAS})
+    if config.qk_norm:
+        layers.update(q_norm=P(), k_norm=P())  # over head_dim: every device normalises its own heads
     specs: dict[str, Any] = {"embed": P(), "layers": layers, "final_norm": P()}
     if not config.tie_word_embeddings:
         specs["lm_head"] = P(None, axis) if vocab_parallel(config, tp) else P()

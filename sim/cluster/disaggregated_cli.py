@@ -115,7 +115,7 @@ def pools(args: argparse.Namespace, base: SimConfig) -> Pools | None:
     latency = args.kv_link_latency_us
     if not (latency >= 0 and math.isfinite(latency)):
         raise ConfigError(f"--kv-link-latency-us must be a finite number >= 0, got {latency}")
-    link = KVLinkConfig(args.kv_link_gbps, latency * 1e-6, args.kv_link_topology)
+    link = KVLinkConfig(args.kv_link_gbps, latency / 1e6, args.kv_link_topology)
     return Pools(
         pool_config(args, base, "prefill"), pool_config(args, base, "decode"), p, d,
         args.prefill_router or args.router, args.decode_router or args.router, link,

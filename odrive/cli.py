@@ -15,6 +15,8 @@ SUBCOMMAND_MODULES = (
     "odrive.generate_cli",  # odrive generate
     "odrive.profiling.cli",  # odrive profile
     "odrive.profiling.probe_cli",  # odrive probe
+    "odrive.bench.cli",  # odrive bench
+    "odrive.bench.compare",  # odrive compare
 )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from odrive.errors import UserError
 from odrive.latency_histogram import LatencyHistogram
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -187,6 +188,10 @@ def write_results(path: Path, result: dict[str, Any]) -> Path:
     return path
 
 
+class ResultFileError(UserError, ValueError):
+    """A file that is not a benchmark result."""
+
+
 def read_results(path: Path) -> dict[str, Any]:
     """A results.json written by odrive or by ``vllm bench serve --save-result``."""
     try:
@@ -194,7 +199,24 @@ def read_results(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"result file not found: {path}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not a JSON file ({err.msg} at line {err.lineno})") from None
+        raise ResultFileError(f"{path}: not a JSON file ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict) or not any(k in data for k in HEADLINE_KEYS):
-        raise ValueError(f"{path}: not a benchmark result (no {', '.join(HEADLINE_KEYS[:3])}, ... keys)")
+        raise ResultFileError(f"{path}: not a benchmark result (no {', '.join(HEADLINE_KEYS[:3])}, ... keys)")
     return data
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.4g}"
+
+
+def format_results(result: dict[str, Any]) -> str:
+    """The metrics as a two-column table, headline numbers first."""
+    keys = metric_keys(result)
+    width = max(map(len, keys), default=0) + 2
+    return "\n".join(f"{key:<{width}}{format_value(result[key]):>14}" for key in keys)

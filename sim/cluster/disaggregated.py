@@ -96,7 +96,8 @@ class DisaggregatedSimulator(ClusterSimulator):
         coarse = self._min_prefill(1) + float(self._transfer.min()) if n else 0.0
         times = np.asarray(workload.arrival_times, dtype=np.float64)
         orders = [np.flatnonzero(plan == j) for j in range(decode_replicas)] if plan is not None else [np.arange(n)]
-        groups = [BoundGroup(order, times, static, coarse, self._waiting_bound) for order in orders]
+        bounds = (self._waiting_bound, self._committed_bound)
+        groups = [BoundGroup(order, times, static, coarse, *bounds) for order in orders]
         self.handoff = Handoff(
             self.env, workload, self.replicas, self.decode_replicas, self.link_config, spec.kv_bytes_per_token,
             router, plan, groups, self._transfer,
@@ -122,16 +123,25 @@ class DisaggregatedSimulator(ClusterSimulator):
         return seconds
 
     def _waiting_bound(self, i: int, now: float) -> float:
-        """Earliest K/V arrival of request ``i``, arrived but its prefill end not yet committed."""
+        """Earliest K/V arrival of request ``i``, whose prefill end is not yet committed (arrived or not)."""
+        arrival = float(self._times[i])
         p = int(self._prefill_of[i])
-        if p < 0:  # not yet routed (arriving this instant)
-            return now + float(self._prefill_floor[i]) + float(self._transfer[i])
+        if p < 0:  # not yet routed
+            return max(now, arrival) + float(self._prefill_floor[i]) + float(self._transfer[i])
         replica = self.replicas[p]
-        start = replica.last_end if replica.last_end > now else now  # after the step in flight, if any
+        start = max(now, arrival, replica.last_end)  # after its arrival and the step in flight, if any
         request = replica.engine.requests.get(f"r{i}")
         if request is None:  # delivered, not yet admitted: the whole prompt is ahead
-            return start + float(self._prefill_floor[i]) + float(self._transfer[i])
-        return start + self._min_prefill(request.num_tokens - request.num_computed_tokens) + float(self._transfer[i])
+            prefill_end = start + float(self._prefill_floor[i])
+        else:
+            prefill_end = start + self._min_prefill(request.num_tokens - request.num_computed_tokens)
+        # Its transfer leaves after its prefill and after the transfers already queued on its link.
+        return max(prefill_end, self.handoff.link_of(p).free_at) + float(self._transfer[i])
+
+    def _committed_bound(self, i: int) -> float:
+        """Earliest K/V arrival of request ``i``, whose prefill end is known."""
+        link = self.handoff.link_of(int(self.handoff.records.prefill_replica[i]))
+        return max(float(self.handoff.records.prefill_done[i]), link.free_at) + float(self._transfer[i])
 
     def _make_replica(self, index: int, config: SimConfig, **kw: Any) -> Replica:
         recorder = HandoffRecorder(index, self._request_rows, self._step_rows, self)

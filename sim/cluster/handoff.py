@@ -173,7 +173,9 @@ class Handoff:
             return False
         self.prefill[prefill_index].hold(i, int(self.prompts[i]))
         t_p = float(request.finish_time)  # type: ignore[arg-type]
-        self.groups[int(self.plan[i]) if self.plan is not None else 0].commit(t_p + float(self.transfer_floor[i]), i)
+        # Its transfer leaves no earlier than its prefill's end and the transfers already queued on its link.
+        earliest = max(t_p, self.link_of(prefill_index).free_at) + float(self.transfer_floor[i])
+        self.groups[int(self.plan[i]) if self.plan is not None else 0].commit(earliest, i)
         self.push(t_p, PREFILLED, prefill_index, i)
         return True
 
@@ -193,6 +195,10 @@ class Handoff:
         self.num_pending += 1
         self._admit(now, replica)
         self.max_pending = max(self.max_pending, self.num_pending)  # those that could not be admitted at once
+
+    def link_of(self, prefill_index: int) -> KVLink:
+        """The link prefill replica ``prefill_index`` sends over."""
+        return self.links[prefill_index if len(self.links) > 1 else 0]
 
     # --- the decode side --------------------------------------------------------------------------
     def pages_needed(self, replica: DecodeReplica, i: int) -> int:
@@ -221,7 +227,7 @@ class Handoff:
             replica.credit_pages += need
             replica.credit_slots += 1
             p = int(self.records.prefill_replica[i])
-            link = self.links[p if len(self.links) > 1 else 0]
+            link = self.link_of(p)
             nbytes = float(prompt * self.kv_bytes_per_token)
             start, arrival = link.send(now, nbytes)
             rec = self.records

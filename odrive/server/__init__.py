@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP front end of vSurge (``odrive serve``).
 
-``create_app(surge, model_name)`` builds the ASGI app; ``BackgroundServer(app)`` runs it with uvicorn in a
-thread. Exports load lazily, so ``import odrive.server.cli`` needs no HTTP packages.
+``create_app(surge, model_name, limits=ServerLimits(...))`` builds the ASGI app; ``GracefulServer`` runs it with
+uvicorn (draining on SIGTERM); ``BackgroundServer(app)`` runs that in a thread. Exports load lazily, so
+``import odrive.server.cli`` needs no HTTP packages.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ _EXPORTS = {
     "OpenAIServer": "odrive.server.app",
     "BackgroundServer": "odrive.server.background",
     "ServerMetrics": "odrive.server.metrics",
+    "ServerLimits": "odrive.server.limits",
+    "GracefulServer": "odrive.server.lifecycle",
 }
 
 __all__ = sorted(_EXPORTS)

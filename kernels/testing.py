@@ -44,7 +44,9 @@ class PagedBatch:
             self.num_seqs,
         )
 
-    def expected(self, *, sm_scale: float | None = None, pad_to: int | None = None) -> np.ndarray:
+    def expected(
+        self, *, sm_scale: float | None = None, pad_to: int | None = None, sliding_window: int | None = None
+    ) -> np.ndarray:
         """``dense_causal_attention`` per sequence, rows stitched like ``q``; padding rows are zeros.
 
         ``pad_to`` pads every context to one length (causality makes the padding invisible), so the
@@ -57,7 +59,7 @@ class PagedBatch:
             width = max(length, pad_to or 0)
             pad = ((0, width - length), (0, 0), (0, 0))
             q, k, v = (jnp.asarray(np.pad(x, pad)) for x in (q, k, v))
-            dense = dense_causal_attention(q, k, v, sm_scale=sm_scale)
+            dense = dense_causal_attention(q, k, v, sm_scale=sm_scale, sliding_window=sliding_window)
             q_len = int(cu[s + 1] - cu[s])
             out[cu[s] : cu[s + 1]] = np.asarray(dense[length - q_len : length], np.float32)
         return out

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import export
-from kernel_inputs import build_batch, check_against_dense
+from kernel_inputs import build_batch, check_against_dense, release_pages_outside_window
 
 from kernels import ragged_paged_attention_pallas
 from kernels.pallas_attention import pallas_supports
@@ -31,8 +31,8 @@ sequences = st.tuples(st.integers(0, 12), st.one_of(st.just(1), st.integers(2, 8
 build = functools.partial(build_batch, max_context=MAX_CONTEXT, num_tokens=NUM_TOKENS, max_seqs=MAX_SEQS)
 
 
-def check(batch: PagedBatch, atol: float = 2e-5) -> None:
-    check_against_dense(pallas_interpret, batch, max_context=MAX_CONTEXT, atol=atol)
+def check(batch: PagedBatch, atol: float = 2e-5, sliding_window: int | None = None) -> None:
+    check_against_dense(pallas_interpret, batch, max_context=MAX_CONTEXT, atol=atol, sliding_window=sliding_window)
 
 
 @settings(max_examples=12, deadline=None)
@@ -54,6 +54,17 @@ def test_matches_dense_attention(
 )
 def test_edge_cases(seqs: list[tuple[int, int]], page_size: int) -> None:
     check(build(seqs, page_size, GQA))
+
+
+@pytest.mark.parametrize("window", [1, 6])
+def test_sliding_window_matches_dense(window: int) -> None:
+    check(build([(15, 1), (8, 8), (0, 12), (20, 3)], 4, GQA), sliding_window=window)
+
+
+def test_sliding_window_never_reads_released_pages() -> None:
+    batch = release_pages_outside_window(build([(20, 1), (12, 8), (2, 1)], 4, GQA), 6, 4)
+    assert (np.asarray(batch.page_indices)[:2, 0] == 0).all()
+    check(batch, sliding_window=6)
 
 
 def test_bfloat16() -> None:

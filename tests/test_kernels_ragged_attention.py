@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_inputs import build_batch, check_against_dense
+from kernel_inputs import build_batch, check_against_dense, release_pages_outside_window
 
 from kernels import (
     dense_causal_attention,
@@ -102,6 +102,33 @@ def test_all_padding_gives_zeros(name: str) -> None:
 def test_custom_scale_and_outer_jit(name: str) -> None:
     batch = build([(5, 1), (2, 7)], 8, (8, 1, 32))
     check(jax.jit(IMPLS[name], static_argnames="sm_scale"), batch, sm_scale=0.05)
+
+
+WINDOWS = (1, 5, 16)  # a static argument each: one compile per window and page size
+
+
+@pytest.mark.parametrize("name", list(IMPLS))
+@settings(max_examples=12, deadline=None)
+@given(
+    seqs=st.lists(sequences, min_size=1, max_size=4),
+    window=st.sampled_from(WINDOWS),
+    page_size=st.sampled_from((1, 4)),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_sliding_window_matches_dense(
+    name: str, seqs: list[tuple[int, int]], window: int, page_size: int, seed: int
+) -> None:
+    check(IMPLS[name], build(seqs, page_size, GQA, seed), sliding_window=window)
+
+
+@pytest.mark.parametrize("name", list(IMPLS))
+@pytest.mark.parametrize("window", [5, 16])
+def test_sliding_window_never_reads_released_pages(name: str, window: int) -> None:
+    """Pages wholly behind the window may be freed: their table entries then point at a page of garbage."""
+    seqs = [(30, 1), (24, 9), (3, 1), (0, 16), (39, 1)]
+    batch = release_pages_outside_window(build(seqs, 4, GQA, max_seqs=5), window, 4)
+    assert (np.asarray(batch.page_indices)[:, 0] == 0).sum() >= 3  # some sequences really lost pages
+    check(IMPLS[name], batch, sliding_window=window)
 
 
 def test_platform_default_matches_dense() -> None:

@@ -135,11 +135,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sim_results(args: argparse.Namespace, spec: str, requests: pd.DataFrame, itl: LatencyHistogram | None) -> dict:
-    """The run's ``vllm bench serve``-style results (``odrive.bench.results``), labelled with what ran."""
+def sim_results(
+    args: argparse.Namespace, spec: str, requests: pd.DataFrame, itl: LatencyHistogram | None, **info: object
+) -> dict:
+    """The run's ``vllm bench serve``-style results (``odrive.bench.results``), labelled with what ran (and
+    ``info``)."""
     info = {"backend": "odrive-sim", "model_id": args.model, "accelerator": args.accelerator,
             "latency_model": args.latency_model, "scheduler": args.scheduler, "allocator": args.allocator,
-            "workload": spec}  # fmt: skip
+            "workload": spec, **info}  # fmt: skip
     return serving_results(requests, itl if itl is not None else LatencyHistogram(), duration=run_duration(requests),
                            percentiles=args.metric_percentiles, goodput=goodput_of(args), info=info)  # fmt: skip
 

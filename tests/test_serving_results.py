@@ -122,3 +122,19 @@ def test_odrive_sim_writes_results_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert r["request_goodput"] == pytest.approx(good / span)
     for key in ("p50_itl_ms", "p99_e2el_ms", "std_tpot_ms", "median_itl_ms"):
         assert key in r
+
+
+def test_sim_cluster_writes_results_json(tmp_path: Path) -> None:
+    from sim.cluster.cli import main as cluster_main
+
+    assert cluster_main(["--workload", "poisson:rate=40,n=200,prompt=uniform(50,600),output=uniform(1,80)",
+                         "--replicas", "3", "--router", "least-outstanding", "--out", str(tmp_path), "--no-progress",
+                         "--metric-percentiles", "50,99", "--format", "csv"]) == 0  # fmt: skip
+    r = json.loads((tmp_path / "results.json").read_text())
+    rows = pd.read_csv(tmp_path / "requests.csv")
+    done = rows[rows["status"] == "finished"]
+    assert (r["replicas"], r["router"], r["completed"]) == (3, "least-outstanding", len(done))
+    assert r["p99_e2el_ms"] == pytest.approx(1000 * np.percentile(done["e2e"], 99))
+    multi = done[done["num_output_tokens"] > 1]
+    weights = multi["num_output_tokens"] - 1
+    assert r["mean_itl_ms"] == pytest.approx(1000 * (multi["tpot"] * weights).sum() / weights.sum(), rel=1e-9)

@@ -8,9 +8,10 @@ import json
 import time
 from pathlib import Path
 
+from odrive.bench.results import write_results
 from odrive.cli_errors import CLIParser, check_served, cli_main, quiet_empty_figure, user_input
 from odrive.errors import ConfigError
-from sim.cli import TRACES, config_from_args
+from sim.cli import TRACES, config_from_args, sim_results
 from sim.cli import add_arguments as add_replica_arguments
 from sim.cluster import disaggregated_cli
 from sim.cluster.disaggregated import simulate_disaggregated
@@ -23,6 +24,10 @@ from sim.config import SimConfig
 from sim.workloads import parse_workload
 
 DEFAULT_WORKLOAD = f"replay:{TRACES / 'azure_conv_2023.csv'}?n=100000&time_scale=0.0625"
+
+
+RESULT_COLUMNS = ["status", "arrival_time", "finish_time", "num_prompt_tokens", "num_output_tokens", "ttft", "tpot",
+                  "e2e"]  # what results.json needs of the requests table  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,11 +110,16 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     result.summary.to_frame("value").to_csv(out / "summary.csv")
     result.replicas.to_csv(out / "replicas.csv", index=False)
+    rows = result.requests(columns=RESULT_COLUMNS)
+    results = write_results(out / "results.json", sim_results(args, spec, rows, result.itl, replicas=len(configs),
+                                                              router=result.router))  # fmt: skip
+    for note in workload.notes:
+        print(f"note: {note}")
     with quiet_empty_figure():
         figure = plot_cluster(result, out / "cluster.png")
     print(f"workload: {spec} ({len(workload):,} requests, built in {build_s:.1f} s)")
     print(format_cluster(result))
-    wrote = [result.requests_path, result.steps_path, out / "summary.csv", out / "replicas.csv", figure]
+    wrote = [result.requests_path, result.steps_path, out / "summary.csv", out / "replicas.csv", results, figure]
     print("wrote " + ", ".join(str(p) for p in wrote if p is not None))
     if result.summary.get("finished", 1) == 0:  # a run that served nothing exits 1 with the reason
         check_served(read_table(result.requests_path))

@@ -22,7 +22,7 @@ from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import DTypeLike, resolve_dtype
 from odrive.models.llama import param_shapes
 from odrive.parallel.specs import check_tp, param_specs
-from odrive.runtime.memory import MemoryPlan, device_memory_bytes, plan_kv_pages
+from odrive.runtime.memory import MemoryPlan, device_memory, plan_kv_pages
 
 
 def per_device_weight_bytes(config: LlamaConfig, tp: int, dtype: DTypeLike | None = None) -> int:
@@ -54,7 +54,7 @@ def smallest_over_processes(num_bytes: int) -> int:
 def per_device_kv_pages(
     config: LlamaConfig, *, tp: int, page_size: int, hbm_utilization: float, max_running: int, max_model_len: int,
     dtype: DTypeLike | None = None, kv_dtype: DTypeLike | None = None, devices: list[jax.Device] | None = None,
-    device_bytes: int | None = None, num_pages_override: int | None = None,
+    device_bytes: int | None = None, num_pages_override: int | None = None, kv_cache_bytes: int | None = None,
 ) -> MemoryPlan:  # fmt: skip
     """The page pool for a ``tp``-way sharded model: ``plan_kv_pages`` on per-device weights and page bytes.
 
@@ -62,13 +62,16 @@ def per_device_kv_pages(
     measured on this process's devices and, when ``devices`` span several processes, the smallest over all
     processes; on CPU the "devices" share host memory, so that number is the host's, not a per-device share.
     """
-    if device_bytes is None:
+    allocator_limit = None
+    if device_bytes is None and kv_cache_bytes is None and num_pages_override is None:
         devices = list(devices or jax.devices()[:tp])
         local = [d for d in devices if d.process_index == jax.process_index()]
-        device_bytes, source = min(device_memory_bytes(d) for d in local)
-        source = f"per-device (tp={tp}) {source}"
+        memory = min((device_memory(d) for d in local), key=lambda m: (m.capacity, m.limit))
+        device_bytes, allocator_limit = memory.capacity, memory.limit
+        source = f"per-device (tp={tp}) {memory.source}"
         if len(local) < len(devices):  # the mesh spans processes: all of them must size the same pool
             device_bytes = smallest_over_processes(device_bytes)
+            allocator_limit = smallest_over_processes(allocator_limit)
             source += f", smallest of {jax.process_count()} processes"
     else:
         source = f"per-device (tp={tp}) given"
@@ -77,4 +80,5 @@ def per_device_kv_pages(
         kv_bytes_per_token=per_device_kv_bytes_per_token(config, tp, kv_dtype or dtype),
         page_size=page_size, hbm_utilization=hbm_utilization, max_running=max_running, max_model_len=max_model_len,
         device_bytes=device_bytes, source=source, num_pages_override=num_pages_override,
+        kv_cache_bytes=kv_cache_bytes, allocator_limit=allocator_limit,
     )  # fmt: skip

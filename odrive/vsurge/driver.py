@@ -93,11 +93,13 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         preemption_mode: str = "recompute",
         swap_space_gib: float = 4.0,
         swap_space_pages: int | None = None,
+        kv_cache_bytes: int | None = None,
     ) -> vSurge:
         """Every argument acts: see docs in the README. ``max_length`` caps prompt + generated tokens
         (default ``2 × max_prefill_length``); ``max_concurrent_decodes`` defaults to 8 × max_concurrent_prefill.
         ``num_pages`` overrides the page count the ``hbm_utilization`` plan gives (like vLLM's
-        ``num_gpu_blocks_override``), e.g. to reproduce a memory-pressure experiment on any device.
+        ``num_gpu_blocks_override``), e.g. to reproduce a memory-pressure experiment on any device; ``kv_cache_bytes``
+        sizes it from a byte budget instead of device memory (for devices that report none).
         ``chunk_size`` caps chunked-prefill chunks; ``scheduler_kwargs`` are the policy's options (e.g.
         ``{"predictor": "bucket-mean"}`` for ``sjf``). ``preemption_mode="swap"`` moves preempted requests'
         K/V to host memory, at most ``swap_space_pages`` pages (default: ``swap_space_gib`` worth).
@@ -131,7 +133,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             plan = per_device_kv_pages(
                 cfg, tp=tensor_parallel_size, page_size=page_size, hbm_utilization=hbm_utilization,
                 max_running=max_concurrent_decodes, max_model_len=max_length, dtype=model.dtype,
-                devices=list(mesh.devices.flat), num_pages_override=num_pages,
+                devices=list(mesh.devices.flat), num_pages_override=num_pages, kv_cache_bytes=kv_cache_bytes,
             )  # fmt: skip
         else:
             plan = plan_kv_pages(
@@ -142,6 +144,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
                 max_running=max_concurrent_decodes,
                 max_model_len=max_length,
                 num_pages_override=num_pages,
+                kv_cache_bytes=kv_cache_bytes,
             )
         if preemption_mode == "swap" and swap_space_pages is None:  # the host holds whole pages (all shards)
             swap_space_pages = int(swap_space_gib * 2**30 // (plan.page_bytes * tensor_parallel_size))

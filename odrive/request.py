@@ -57,6 +57,9 @@ class Request:
     first_token_time: float | None = None
     last_token_time: float | None = None  # when its latest output token came (inter-token latencies)
     finish_time: float | None = None
+    # (page size, chained keys of its first full blocks): a prefix-caching allocator's hashes of this request, kept
+    # across failed admission attempts and preemptions so its blocks are hashed once.
+    block_hashes: tuple[int, list[bytes]] | None = None
 
     @classmethod
     def from_tokens(

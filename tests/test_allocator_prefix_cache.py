@@ -389,3 +389,21 @@ def test_invariant_check_catches_a_corrupted_refcount() -> None:
     a._ref[a.page_table("x")[0]] += 1
     with pytest.raises(InvariantViolation, match="refcount-matches-tables"):
         a.check_invariants()
+
+
+def test_a_request_is_hashed_once_across_failed_admissions_and_preemption(monkeypatch) -> None:
+    import odrive.allocators.block_hash as block_hash
+
+    calls = []
+    monkeypatch.setattr(block_hash, "hash_block", lambda parent, ids: calls.append(1) or hash_block(parent, ids))
+    a = PrefixCacheAllocator(4, 2)  # 3 usable pages of 2 tokens
+    req = make_request("r", list(range(20)))  # needs 10 pages: never fits
+    for _ in range(5):  # a head-of-line request retried every step
+        a.match_prefix(req, req.num_tokens - 1)
+        assert not a.allocate("r", req.num_tokens)
+        a.free("r")
+    assert len(calls) == 9  # its 9 full blocks below the last token, hashed on the first attempt only
+    assert req.block_hashes is not None and req.block_hashes[0] == 2 and len(req.block_hashes[1]) == 9
+    other = PrefixCacheAllocator(4, 4)  # another page size: the kept keys do not apply
+    other.match_prefix(req, req.num_tokens - 1)
+    assert len(calls) == 9 + 4 and req.block_hashes[0] == 4

@@ -106,7 +106,12 @@ class PrefixCacheAllocator(PageAllocator):
                 self._free.move_to_end(page, last=False)
 
     def _hashes_of(self, request: Request, num_blocks: int) -> list[bytes]:
-        hashes = self._hashes.setdefault(request.request_id, [])
+        hashes = self._hashes.get(request.request_id)
+        if hashes is None:  # this request's keys from an earlier attempt (they outlive ``free``), else new ones
+            kept = request.block_hashes
+            hashes = kept[1] if kept is not None and kept[0] == self.page_size else []
+            self._hashes[request.request_id] = hashes
+            request.block_hashes = (self.page_size, hashes)
         return extend_block_hashes(hashes, request, num_blocks, self.page_size)
 
     # --- prefix caching -------------------------------------------------------------------------------

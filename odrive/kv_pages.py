@@ -30,7 +30,7 @@ class WeightSplit:
     """Parameters one device holds, by role (counts, not bytes)."""
 
     matmuls: int  # the layers' split projections and MLP
-    norms: int  # RMSNorm scales (replicated)
+    norms: int  # per-layer vectors: RMSNorm scales (replicated), q/k/v biases (split with their heads)
     embedding: int  # the embedding table (replicated; a step gathers rows of it)
     lm_head: int  # the LM head's share (0 when tied to the embedding)
 
@@ -41,7 +41,8 @@ class WeightSplit:
 
 @dataclass(frozen=True)
 class DecoderShape:
-    """The sizes that decide a Llama-style decoder's memory: GQA attention, gated (SwiGLU) MLP, RMSNorm, no biases."""
+    """The sizes that decide a Llama-style decoder's memory: GQA attention, gated (SwiGLU) MLP, RMSNorm, with Qwen2's
+    q/k/v projection biases (``qkv_bias``) and Qwen3's per-head q/k RMSNorm (``qk_norm``) when present."""
 
     num_layers: int
     hidden_size: int
@@ -51,6 +52,8 @@ class DecoderShape:
     intermediate_size: int
     vocab_size: int
     tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
 
     @property
     def layer_matmul_params(self) -> int:
@@ -87,7 +90,10 @@ class DecoderShape:
             lm_head = embedding // tp
         else:
             lm_head = embedding
-        norms = self.num_layers * 2 * self.hidden_size + self.hidden_size
+        q_heads, kv_heads = self.heads_per_device(tp)
+        per_layer = 2 * self.hidden_size + 2 * self.head_dim * self.qk_norm
+        per_layer += (q_heads + 2 * kv_heads) * self.head_dim * self.qkv_bias
+        norms = self.num_layers * per_layer + self.hidden_size
         return WeightSplit(self.num_layers * self.layer_matmul_params_per_device(tp), norms, embedding, lm_head)
 
     def weight_bytes_per_device(self, tp: int, dtype_bytes: int) -> int:

@@ -16,7 +16,7 @@ from odrive.schedulers import PREEMPTION_MODES, SCHEDULERS
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS
 from sim.latency import LATENCY_MODELS
-from sim.model_spec import MODEL_SPECS
+from sim.model_spec import MODEL_SPECS, get_model_spec
 from sim.report import format_summary, plot_run
 from sim.simulator import simulate
 from sim.workloads import parse_workload
@@ -48,7 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"or gamma:...; a bare path means a trace (default: {DEFAULT_WORKLOAD})")
     p.add_argument("--accelerator", "--hardware", dest="accelerator", default="h100-80gb",
                    choices=sorted(ACCELERATORS))
-    p.add_argument("--model", default="llama-2-7b", choices=sorted(MODEL_SPECS))
+    p.add_argument("--model", default="llama-2-7b", metavar="NAME_OR_PATH",
+                   help=f"a model spec ({', '.join(MODEL_SPECS.names())}), a checkpoint folder with config.json, "
+                        "a GGUF file or a packaged model name (default: llama-2-7b)")
     p.add_argument("--latency-model", default="roofline", help=f"one of {LATENCY_MODELS.names()}")
     p.add_argument("--profile", default=None,
                    help="measured profile for --latency-model calibrated (default: the shipped one of --model)")
@@ -105,6 +107,8 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> SimConfig
 
 def run(args: argparse.Namespace) -> int:
     spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
+    with user_input("--model"):
+        get_model_spec(args.model)  # an unknown name or unreadable model fails here, before the workload is built
     with user_input("--workload"):
         workload = parse_workload(spec, seed=args.seed)
     with user_input("configuration"):

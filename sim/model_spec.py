@@ -1,16 +1,21 @@
-"""Model architecture specs (Llama-style decoder: GQA attention + gated MLP), registered by name.
+"""Model architecture specs (Llama-style decoder: GQA attention + gated MLP), registered by name or read from a model.
 
-Parameter counts assume no biases, RMSNorm weights only, and a gated (SwiGLU) MLP with three
-``hidden x intermediate`` matrices — true for the Llama family and the project's tiny model.
+Parameter counts: RMSNorm weights, a gated (SwiGLU) MLP with three ``hidden x intermediate`` matrices, bias-free
+projections except Qwen2's q/k/v biases (``qkv_bias``), and Qwen3's per-head q/k norms (``qk_norm``) — the Llama,
+Mistral, Qwen2 and Qwen3 families and the project's tiny model. :func:`get_model_spec` takes a preset's name, a HF
+checkpoint folder (``config.json``), a GGUF file or a packaged model's name (``odrive.model_source``; no JAX).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from odrive.errors import UnknownNameError
 from odrive.kv_pages import DecoderShape, per_device_kv_pages
+from odrive.model_source import PACKAGED_MODELS, ModelNotFoundError, ModelSourceError, read_hf_config
 from odrive.registry import Registry
 from sim.hardware import Accelerator
 
@@ -41,6 +46,9 @@ class ModelSpec:
     vocab_size: int
     dtype_bytes: int = 2
     tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2
+    qk_norm: bool = False  # Qwen3
+    sliding_window: int | None = None  # Mistral: a query attends to its last ``sliding_window`` positions
 
     def __post_init__(self) -> None:
         for field_name in (
@@ -56,6 +64,8 @@ class ModelSpec:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model {self.name!r}: {field_name} must be a positive int, got {value!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ValueError(f"model {self.name!r}: sliding_window must be a positive int or None")
         if self.num_q_heads % self.num_kv_heads:
             raise ValueError(
                 f"model {self.name!r}: num_q_heads={self.num_q_heads} is not a multiple "
@@ -67,7 +77,7 @@ class ModelSpec:
         """The sizes the engine core sizes memory from (:mod:`odrive.kv_pages`, shared with the real engine)."""
         return DecoderShape(
             self.num_layers, self.hidden_size, self.num_q_heads, self.num_kv_heads, self.head_dim,
-            self.intermediate_size, self.vocab_size, self.tie_word_embeddings,
+            self.intermediate_size, self.vocab_size, self.tie_word_embeddings, self.qkv_bias, self.qk_norm,
         )  # fmt: skip
 
     @property
@@ -77,7 +87,7 @@ class ModelSpec:
 
     @property
     def num_parameters(self) -> int:
-        """All weights: embeddings, layers (matmuls + two norms each), final norm, LM head."""
+        """All weights: embeddings, layers (matmuls, norms, biases), final norm, LM head."""
         return self.decoder.num_parameters
 
     @property
@@ -117,7 +127,12 @@ class ModelSpec:
     def from_hf_config(
         cls, config: Mapping[str, Any], name: str | None = None, dtype_bytes: int | None = None
     ) -> ModelSpec:
-        """Build from a Hugging Face ``config.json`` dict (Llama-style keys)."""
+        """Build from a Hugging Face ``config.json`` dict (Llama-style keys; ``model_type`` qwen2 has q/k/v biases,
+        qwen3 q/k norms, mistral a sliding window)."""
+        model_type = config.get("model_type") or "llama"
+        window = config.get("sliding_window") if model_type == "mistral" else None
+        if window is not None and window >= config.get("max_position_embeddings", window + 1):
+            window = None  # a window as long as any context changes nothing (as the real engine reads it)
         try:
             hidden = int(config["hidden_size"])
             q_heads = int(config["num_attention_heads"])
@@ -138,6 +153,9 @@ class ModelSpec:
                 vocab_size=int(config["vocab_size"]),
                 dtype_bytes=dtype_bytes,
                 tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+                qkv_bias=model_type == "qwen2",
+                qk_norm=model_type == "qwen3",
+                sliding_window=None if window is None else int(window),
             )
         except KeyError as err:
             raise ValueError(f"HF config lacks required key {err.args[0]!r}") from None
@@ -172,8 +190,30 @@ def register_model_spec(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpe
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Look up a registered model spec; the error lists the known names."""
-    return MODEL_SPECS.get(name)
+    """A registered preset, else the spec of the model ``name`` points at: a HF checkpoint folder, a GGUF file
+    (its header) or a packaged model's name. A name that is none of these is an UnknownNameError listing the
+    presets and packaged models; a file that cannot be read says why."""
+    if name in MODEL_SPECS:
+        return MODEL_SPECS.get(name)
+    return model_spec_from(name)
+
+
+def model_spec_from(model: str | Path, name: str | None = None) -> ModelSpec:
+    """The spec of a HF checkpoint folder, GGUF file or packaged model (``odrive.model_source.read_hf_config``),
+    named ``name`` (default: ``model`` as given). A GGUF's weights dequantize to float32 in the real engine, so its
+    spec has 4-byte weights and KV."""
+    try:
+        config = read_hf_config(model)
+    except ModelNotFoundError:
+        presets, packaged = ", ".join(MODEL_SPECS.names()), ", ".join(sorted(PACKAGED_MODELS))
+        raise UnknownNameError(
+            f"unknown model {str(model)!r}: neither a model spec ({presets}) nor a packaged model ({packaged}), "
+            "a checkpoint folder with config.json or a GGUF file"
+        ) from None
+    try:
+        return ModelSpec.from_hf_config(config, name=name or str(model))
+    except ValueError as err:
+        raise ModelSourceError(f"{model}: {err}") from None
 
 
 # Shapes from the models' public Hugging Face config.json files (meta-llama/*), bf16 weights.
@@ -236,5 +276,60 @@ register_model_spec(
         head_dim=128,
         intermediate_size=512,
         vocab_size=1024,
+    )
+)
+# The families the real engine also runs, from the models' published config.json files (bf16 weights):
+# HuggingFaceTB/SmolLM2-135M (tied embeddings), Qwen/Qwen2.5-7B (q/k/v biases), Qwen/Qwen3-8B (q/k norms,
+# head_dim 128 with hidden 4096 / 32 heads), mistralai/Mistral-7B-v0.1 (sliding_window 4096).
+register_model_spec(
+    ModelSpec(
+        "smollm2-135m",
+        num_layers=30,
+        hidden_size=576,
+        num_q_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    )
+)
+register_model_spec(
+    ModelSpec(
+        "qwen2.5-7b",
+        num_layers=28,
+        hidden_size=3584,
+        num_q_heads=28,
+        num_kv_heads=4,
+        head_dim=128,
+        intermediate_size=18944,
+        vocab_size=152064,
+        qkv_bias=True,
+    )
+)
+register_model_spec(
+    ModelSpec(
+        "qwen3-8b",
+        num_layers=36,
+        hidden_size=4096,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        vocab_size=151936,
+        qk_norm=True,
+    )
+)
+register_model_spec(
+    ModelSpec(
+        "mistral-7b",
+        num_layers=32,
+        hidden_size=4096,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+        vocab_size=32000,
+        sliding_window=4096,
     )
 )

@@ -18,10 +18,12 @@ from sim.model_spec import MODEL_SPECS, get_model_spec, num_kv_pages
 
 
 def llama_config(shape: DecoderShape) -> LlamaConfig:
+    model_type = "qwen2" if shape.qkv_bias else "qwen3" if shape.qk_norm else "llama"
     return LlamaConfig(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_q_heads,
         num_key_value_heads=shape.num_kv_heads, head_dim=shape.head_dim, tie_word_embeddings=shape.tie_word_embeddings,
+        model_type=model_type, qkv_bias=shape.qkv_bias, qk_norm=shape.qk_norm,
     )  # fmt: skip
 
 
@@ -47,7 +49,9 @@ def test_pages_fit_formula_and_errors() -> None:
         get_model_spec("tiny-bench").decoder.weight_split(0)
 
 
-@pytest.mark.parametrize("name", ["llama-2-7b", "llama-3-8b", "llama-3-70b", "tiny-bench"])
+@pytest.mark.parametrize(
+    "name", ["llama-2-7b", "llama-3-8b", "llama-3-70b", "tiny-bench", "qwen2.5-7b", "qwen3-8b", "smollm2-135m"]
+)
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
 def test_the_layout_is_the_real_engines(name: str, tp: int) -> None:
     # The real engine derives its per-device bytes from the PartitionSpecs it shards with; the core's formula

@@ -211,8 +211,8 @@ class Engine:
             start = req.num_computed_tokens
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
         if (num_prefill_seqs == 0 and self.fast_forward and self.executor.supports_decode_runs and horizon > 0
-                and not self._caching
-                and not plan.has_swaps and self.allocator.supports_decode_runs):  # fmt: skip
+                and not plan.has_swaps and self.allocator.supports_decode_runs
+                and (not self._caching or not any(c.request.output_token_ids for c in batch))):  # fmt: skip
             steady = sched.steady_steps(plan)
             if steady > 1:
                 outcome = self._fast_forward(now, plan, batch, steady, horizon)
@@ -277,10 +277,14 @@ class Engine:
         The run ends at the first finish — or, without step rows and while the scheduler vouches that its plan
         stays the same minus finished requests (``Scheduler.steady_after_finish``), goes on past finishes: one
         engine call then covers everything up to the next arrival or page shortage. Request times, token counts
-        and page tables equal stepping one at a time."""
-        sched, record = self.scheduler, self.metrics.record_steps
+        and page tables equal stepping one at a time.
+
+        With a prefix-caching allocator (requests whose outputs carry no token ids: nothing to commit while they
+        decode) a run always ends at its first finish, and every request grows before any finishes frees pages,
+        as in the run's last step: which cached pages are evicted, and so every later hit, equal stepping too."""
+        sched, record, caching = self.scheduler, self.metrics.record_steps, self._caching
         remaining = [min(c.request.remaining_output_tokens, steady) for c in batch]
-        if not record and self.fast_forward_past_finishes and sched.steady_after_finish(plan):
+        if not record and not caching and self.fast_forward_past_finishes and sched.steady_after_finish(plan):
             steps = remaining
         else:
             steps = [min(remaining)] * len(batch)
@@ -293,9 +297,14 @@ class Engine:
         outcome = StepOutcome(now, duration, num_steps, plan)
         ran = [min(k, num_steps) for k in steps]
         first, one_step_gaps = float(ends[0]), 0
-        for i in sorted(range(len(batch)), key=ran.__getitem__):  # in finish order: finishes free pages first
+        order = sorted(range(len(batch)), key=ran.__getitem__)  # in finish order: finishes free pages first
+        if caching:
+            for i in order:
+                grow_tables(self.allocator, batch[i], ran[i])
+        for i in order:
             chunk, k = batch[i], ran[i]
-            grow_tables(self.allocator, chunk, k)
+            if not caching:
+                grow_tables(self.allocator, chunk, k)
             req = chunk.request
             req.num_computed_tokens += k
             req.num_output_tokens += k

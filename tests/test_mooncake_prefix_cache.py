@@ -108,3 +108,20 @@ def test_prefix_affinity_notes_a_key_every_request_shares() -> None:
     workload = load_trace(MOONCAKE, max_requests=40, interval=1)
     result = simulate_cluster(config(20_000), workload, "prefix-affinity", num_replicas=4)  # 64 tokens: block 0
     assert any("one prefix key holds 100% of the requests" in note for note in result.notes), result.notes
+
+
+def test_fast_forwarded_decode_runs_evict_and_hit_as_stepping_does() -> None:
+    from sim.simulator import Simulator
+
+    workload = load_trace(MOONCAKE, max_requests=80, time_scale=0.5)
+    runs = []
+    for fast in (True, False):
+        sim = Simulator(config(4_000), workload)  # a small pool: cached pages get evicted
+        sim.engine.fast_forward = fast
+        runs.append((sim.run(), sim.engine.allocator.prefix_stats()))
+    (fast, fast_stats), (stepped, stepped_stats) = runs
+    assert stepped_stats.evictions > 0 and fast_stats == stepped_stats
+    a, b = in_request_order(fast.requests), in_request_order(stepped.requests)
+    for column in ("status", "num_cached_tokens", "num_preemptions", "num_output_tokens"):
+        np.testing.assert_array_equal(a[column].to_numpy(), b[column].to_numpy(), err_msg=column)
+    np.testing.assert_allclose(a["finish_time"].to_numpy(float), b["finish_time"].to_numpy(float), rtol=1e-12)

@@ -65,7 +65,7 @@ class DisaggregatedSimulator(ClusterSimulator):
         if prefill.model != decode.model:
             raise ConfigError(f"prefill pool serves {prefill.model!r} but decode pool {decode.model!r}: K/V differ")
         self.handoff: Handoff = None  # type: ignore[assignment]  # built once both pools exist
-        self._prefill_of = np.zeros(0, dtype=np.int64)
+        self._prefill_of: list[int] = []
         self.decode_config = decode
         self.link_config = link or KVLinkConfig()
         super().__init__(prefill, workload, prefill_router, num_replicas=prefill_replicas, seed=seed, **kw)
@@ -87,20 +87,20 @@ class DisaggregatedSimulator(ClusterSimulator):
         ]  # fmt: skip
         spec = get_model_spec(prefill.model)
         n = len(workload)
-        self._prefill_of = np.full(n, -1, dtype=np.int64)  # each request's prefill replica, once known
+        self._prefill_of = [-1] * n  # each request's prefill replica, once known
         if self.routed_ahead:
             for p, replica in enumerate(self.replicas):
-                self._prefill_of[replica._own] = p  # type: ignore[index]
+                for i in replica._own.tolist():  # type: ignore[union-attr]
+                    self._prefill_of[i] = p
         self._bounds_inputs(workload, spec.kv_bytes_per_token)
-        static = np.asarray(workload.arrival_times, dtype=np.float64) + self._prefill_floor + self._transfer
-        coarse = self._min_prefill(1) + float(self._transfer.min()) if n else 0.0
-        times = np.asarray(workload.arrival_times, dtype=np.float64)
+        floor, transfer = np.array(self._prefill_floor), np.array(self._transfer)
+        static = np.asarray(workload.arrival_times, dtype=np.float64) + floor + transfer
+        self._arrival_times: list[float] = workload.arrival_times.tolist()
         orders = [np.flatnonzero(plan == j) for j in range(decode_replicas)] if plan is not None else [np.arange(n)]
-        bounds = (self._waiting_bound, self._committed_bound)
-        groups = [BoundGroup(order, times, static, coarse, *bounds) for order in orders]
+        groups = [BoundGroup(order, static, self._current_bound) for order in orders]
         self.handoff = Handoff(
             self.env, workload, self.replicas, self.decode_replicas, self.link_config, spec.kv_bytes_per_token,
-            router, plan, groups, self._transfer,
+            router, plan, groups,
         )  # fmt: skip
 
     def _bounds_inputs(self, workload: Workload, kv_bytes_per_token: int) -> None:
@@ -111,9 +111,10 @@ class DisaggregatedSimulator(ClusterSimulator):
         prompts = np.asarray(workload.prompt_lens, dtype=np.int64)
         caching = engine.allocator.supports_prefix_caching  # a cache hit can skip all but one token of a prompt
         lengths, inverse = np.unique(np.ones_like(prompts) if caching else prompts, return_inverse=True)
-        self._prefill_floor = np.array([self._min_prefill(int(k)) for k in lengths], dtype=np.float64)[inverse]
+        floor = [self._min_prefill(int(k)) for k in lengths]
+        self._prefill_floor: list[float] = [floor[k] for k in inverse.tolist()]
         cfg = self.link_config
-        self._transfer = np.array([cfg.transfer_seconds(float(k * kv_bytes_per_token)) for k in prompts])
+        self._transfer: list[float] = [cfg.transfer_seconds(float(k * kv_bytes_per_token)) for k in prompts.tolist()]
         self._prompts = prompts
 
     def _min_prefill(self, num_tokens: int) -> float:
@@ -122,26 +123,24 @@ class DisaggregatedSimulator(ClusterSimulator):
             seconds = self._prefill_seconds[num_tokens] = float(self._latency.min_prefill_seconds(num_tokens))
         return seconds
 
-    def _waiting_bound(self, i: int, now: float) -> float:
-        """Earliest K/V arrival of request ``i``, whose prefill end is not yet committed (arrived or not)."""
-        arrival = float(self._times[i])
-        p = int(self._prefill_of[i])
-        if p < 0:  # not yet routed
-            return max(now, arrival) + float(self._prefill_floor[i]) + float(self._transfer[i])
-        replica = self.replicas[p]
-        start = max(now, arrival, replica.last_end)  # after its arrival and the step in flight, if any
-        request = replica.engine.requests.get(f"r{i}")
-        if request is None:  # delivered, not yet admitted: the whole prompt is ahead
-            prefill_end = start + float(self._prefill_floor[i])
+    def _current_bound(self, i: int, now: float) -> float:
+        """The earliest request ``i``'s K/V can reach a decode replica, as known at ``now``."""
+        records = self.handoff.records
+        p = self._prefill_of[i]
+        if p >= 0 and records.prefill_done[i] == records.prefill_done[i]:  # its prefill's end is known (not NaN)
+            prefill_end = records.prefill_done[i]
+        elif p < 0:  # not yet routed to a prefill replica
+            return max(now, self._arrival_times[i]) + self._prefill_floor[i] + self._transfer[i]
         else:
-            prefill_end = start + self._min_prefill(request.num_tokens - request.num_computed_tokens)
+            replica = self.replicas[p]
+            start = max(now, self._arrival_times[i], replica.last_end)  # after its arrival and the step in flight
+            request = replica.engine.requests.get(f"r{i}")
+            if request is None:  # not yet admitted: the whole prompt is ahead
+                prefill_end = start + self._prefill_floor[i]
+            else:
+                prefill_end = start + self._min_prefill(request.num_tokens - request.num_computed_tokens)
         # Its transfer leaves after its prefill and after the transfers already queued on its link.
-        return max(prefill_end, self.handoff.link_of(p).free_at) + float(self._transfer[i])
-
-    def _committed_bound(self, i: int) -> float:
-        """Earliest K/V arrival of request ``i``, whose prefill end is known."""
-        link = self.handoff.link_of(int(self.handoff.records.prefill_replica[i]))
-        return max(float(self.handoff.records.prefill_done[i]), link.free_at) + float(self._transfer[i])
+        return max(prefill_end, self.handoff.link_of(p).free_at) + self._transfer[i]
 
     def _make_replica(self, index: int, config: SimConfig, **kw: Any) -> Replica:
         recorder = HandoffRecorder(index, self._request_rows, self._step_rows, self)
@@ -155,7 +154,7 @@ class DisaggregatedSimulator(ClusterSimulator):
     def _decode_horizon(self, index: int, now: float) -> float:
         replica = self.decode_replicas[index - self.num_prefill]
         handoff = self.handoff
-        bound = handoff.group_of(replica.decode_index).bound(now, handoff.settled, handoff.handed)
+        bound = handoff.group_of(replica.decode_index).bound(now, handoff.handed)
         if replica.joins and replica.joins[0][0] < bound:
             bound = replica.joins[0][0]
         return bound - now

@@ -11,6 +11,7 @@ import simpy
 
 from odrive.metrics import MetricsRecorder
 from odrive.request import FinishReason, Request
+from odrive.sampling_params import SamplingParams
 from sim.cluster.handoff import RELEASE
 from sim.cluster.recorder import RowBuffer, StreamingRecorder
 from sim.cluster.replica import Replica
@@ -57,13 +58,16 @@ class PrefillReplica(Replica):
         self.cluster = cluster
         self._holds: dict[int, int] = {}  # request -> pages its K/V occupies here until sent
         self._released: simpy.Event | None = None
+        self._first_token = SamplingParams(max_tokens=1, ignore_eos=True)
 
     def _add(self, i: int) -> None:
-        reason = self.cluster.decode_reason(self._request(i))
+        request = self._request(i)  # as a whole: the decode pool must be able to hold it
+        reason = self.cluster.decode_reason(request)
         if reason is not None:
-            self.engine.reject(self._request(i), reason)
+            self.engine.reject(request, reason)
             return
-        self.engine.add_request(self._request(i, max_tokens=1))
+        request.sampling_params = self._first_token  # the prefill computes the prompt and samples one token
+        self.engine.add_request(request)
 
     def deliver(self, index: int) -> None:
         self.cluster._prefill_of[index] = self.index

@@ -38,27 +38,25 @@ RELEASE, HOLD_FREE, PREFILLED = 0, 1, 2  # event kinds; at equal times freed roo
 
 @dataclass
 class HandoffRecords:
-    """Per-request hand-off data, as arrays indexed by request (NaN / -1 where it did not happen)."""
+    """Per-request hand-off data, as lists indexed by request (NaN / -1 where it did not happen)."""
 
-    prefill_replica: np.ndarray
-    prefill_done: np.ndarray
-    kv_send: np.ndarray  # admitted by its decode replica: the transfer is queued
-    kv_start: np.ndarray  # the transfer leaves on the link
-    kv_bytes: np.ndarray
-    first_scheduled: np.ndarray
-    preemptions: np.ndarray
-    cached: np.ndarray
+    prefill_replica: list[int]
+    prefill_done: list[float]
+    kv_send: list[float]  # admitted by its decode replica: the transfer is queued
+    kv_start: list[float]  # the transfer leaves on the link
+    kv_bytes: list[float]
+    first_scheduled: list[float]
+    preemptions: list[int]
+    cached: list[int]
 
     @classmethod
     def empty(cls, n: int) -> HandoffRecords:
-        nan = np.full(n, np.nan)
-        return cls(np.full(n, -1, np.int32), nan.copy(), nan.copy(), nan.copy(), np.zeros(n), nan.copy(),
-                   np.zeros(n, np.int64), np.zeros(n, np.int64))  # fmt: skip
+        nan = [math.nan] * n
+        return cls([-1] * n, nan.copy(), nan.copy(), nan.copy(), [0.0] * n, nan.copy(), [0] * n, [0] * n)
 
     def extras(self, i: int) -> tuple:
         """The values of the request row's hand-off columns (see ``HANDOFF_COLUMNS``)."""
-        return (int(self.prefill_replica[i]), float(self.prefill_done[i]), float(self.kv_send[i]),
-                float(self.kv_start[i]), float(self.kv_bytes[i]))  # fmt: skip
+        return self.prefill_replica[i], self.prefill_done[i], self.kv_send[i], self.kv_start[i], self.kv_bytes[i]
 
 
 HANDOFF_COLUMNS = {
@@ -91,7 +89,7 @@ class Handoff:
     def __init__(
         self, env: object, workload: object, prefill: Sequence[PrefillReplica], decode: Sequence[DecodeReplica],
         link: KVLinkConfig, kv_bytes_per_token: int, decode_router: Router, decode_plan: np.ndarray | None,
-        groups: Sequence[BoundGroup], transfer_floor: np.ndarray,
+        groups: Sequence[BoundGroup],
     ) -> None:  # fmt: skip
         self.env = env
         self.prefill, self.decode = prefill, decode
@@ -101,15 +99,14 @@ class Handoff:
         self.router, self.plan = decode_router, decode_plan
         self.views = DecodeViews(decode)
         self.groups = groups
-        self.transfer_floor = transfer_floor
         n = len(workload.arrival_times)  # type: ignore[attr-defined]
-        self.times = workload.arrival_times  # type: ignore[attr-defined]
-        self.prompts = workload.prompt_lens  # type: ignore[attr-defined]
-        self.outputs = workload.output_lens  # type: ignore[attr-defined]
+        # Python lists: indexed one request at a time, they are much cheaper than numpy arrays.
+        self.times: list[float] = workload.arrival_times.tolist()  # type: ignore[attr-defined]
+        self.prompts: list[int] = workload.prompt_lens.tolist()  # type: ignore[attr-defined]
+        self.outputs: list[int] = workload.output_lens.tolist()  # type: ignore[attr-defined]
         self.priorities = workload.priorities  # type: ignore[attr-defined]
         self.token_ids = getattr(workload, "prompt_token_ids", None)
         self.records = HandoffRecords.empty(n)
-        self.settled = bytearray(n)  # prefill end known (its last step committed) or never coming
         self.handed = bytearray(n)  # prefill ended: routed to a decode replica (or never coming)
         self.events: list[tuple[float, int, int, int]] = []
         self._armed_at = math.inf
@@ -125,7 +122,8 @@ class Handoff:
     # --- events -----------------------------------------------------------------------------------
     def push(self, time: float, kind: int, replica: int, index: int) -> None:
         heapq.heappush(self.events, (time, kind, replica, index))
-        self._arm(time)
+        if kind != PREFILLED:  # a prefill's end is its replica's step boundary: that replica processes it then
+            self._arm(time)
 
     def _arm(self, time: float) -> None:
         """Make sure a timer processes the events at ``time`` even if no replica reaches that time."""
@@ -163,25 +161,19 @@ class Handoff:
         i = int(request.request_id[1:])
         rec = self.records
         rec.prefill_replica[i] = prefill_index
-        rec.prefill_done[i] = request.finish_time
-        rec.first_scheduled[i] = request.first_scheduled_time
+        rec.prefill_done[i] = float(request.finish_time)  # type: ignore[arg-type]
+        rec.first_scheduled[i] = float(request.first_scheduled_time)  # type: ignore[arg-type]
         rec.preemptions[i] = request.num_preemptions
         rec.cached[i] = request.num_cached_tokens
-        self.settled[i] = 1
-        if int(self.outputs[i]) <= 1:
+        if self.outputs[i] <= 1:
             self.handed[i] = 1
             return False
-        self.prefill[prefill_index].hold(i, int(self.prompts[i]))
-        t_p = float(request.finish_time)  # type: ignore[arg-type]
-        # Its transfer leaves no earlier than its prefill's end and the transfers already queued on its link.
-        earliest = max(t_p, self.link_of(prefill_index).free_at) + float(self.transfer_floor[i])
-        self.groups[int(self.plan[i]) if self.plan is not None else 0].commit(earliest, i)
-        self.push(t_p, PREFILLED, prefill_index, i)
+        self.prefill[prefill_index].hold(i, self.prompts[i])
+        self.push(rec.prefill_done[i], PREFILLED, prefill_index, i)
         return True
 
     def gone(self, index: int) -> None:
         """Request ``index`` will never reach the decode pool (rejected or failed before its prefill ended)."""
-        self.settled[index] = 1
         self.handed[index] = 1
 
     def _prefilled(self, now: float, prefill_index: int, i: int) -> None:
@@ -202,7 +194,7 @@ class Handoff:
 
     # --- the decode side --------------------------------------------------------------------------
     def pages_needed(self, replica: DecodeReplica, i: int) -> int:
-        return replica.engine.allocator.pages_for(int(self.prompts[i]) + int(self.outputs[i]))
+        return replica.engine.allocator.pages_for(self.prompts[i] + self.outputs[i])
 
     def _release(self, now: float, r: int, i: int) -> None:
         replica = self.decode[r]
@@ -219,14 +211,14 @@ class Handoff:
             need = self.pages_needed(replica, i)
             if replica.credit_slots >= limit_slots or replica.credit_pages + need > alloc.num_usable_pages:
                 return
-            prompt = int(self.prompts[i])
+            prompt = self.prompts[i]
             if not alloc.allocate(f"r{i}", prompt):  # only an allocator that fragments can refuse here
                 return
             replica.pending.popleft()
             self.num_pending -= 1
             replica.credit_pages += need
             replica.credit_slots += 1
-            p = int(self.records.prefill_replica[i])
+            p = self.records.prefill_replica[i]
             link = self.link_of(p)
             nbytes = float(prompt * self.kv_bytes_per_token)
             start, arrival = link.send(now, nbytes)
@@ -237,24 +229,24 @@ class Handoff:
 
     def decode_request(self, i: int, arrival: float) -> Request:
         """The request a decode replica adopts when ``i``'s K/V arrive: its prompt computed, its first token out."""
-        out = int(self.outputs[i])
+        out = self.outputs[i]
         params = self._params.get(out)
         if params is None:
             params = self._params[out] = SamplingParams(max_tokens=out, ignore_eos=True)
         rec = self.records
         request = Request(
             request_id=f"r{i}",
-            num_prompt_tokens=int(self.prompts[i]),
+            num_prompt_tokens=self.prompts[i],
             sampling_params=params,
-            arrival_time=float(self.times[i]),
+            arrival_time=self.times[i],
             prompt_token_ids=None if self.token_ids is None else self.token_ids[i],
             priority=0 if self.priorities is None else int(self.priorities[i]),
             status=RequestStatus.RUNNING,
             num_output_tokens=1,
-            num_computed_tokens=int(self.prompts[i]),
-            num_preemptions=int(rec.preemptions[i]),
-            num_cached_tokens=int(rec.cached[i]),
-            first_scheduled_time=float(rec.first_scheduled[i]),
+            num_computed_tokens=self.prompts[i],
+            num_preemptions=rec.preemptions[i],
+            num_cached_tokens=rec.cached[i],
+            first_scheduled_time=rec.first_scheduled[i],
             first_token_time=arrival,
         )
         if hasattr(request, "last_token_time"):  # inter-token gaps count from the first token

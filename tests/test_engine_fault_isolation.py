@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from server_fixtures import make_surge
+from server_fixtures import all_pages_free, broken_surge, make_surge
 
-import odrive
 from odrive.allocators import make_allocator
 from odrive.engine import Engine
 from odrive.executor import ExecuteResult, Executor, SeqChunk
@@ -103,10 +102,6 @@ def poisoned(surge, monkeypatch):
     return surge
 
 
-def all_free(surge) -> bool:
-    return surge.num_free_pages == surge.num_usable_pages and not surge.engine.has_unfinished
-
-
 def test_a_poisoned_request_fails_alone_and_others_equal_their_quiet_outputs(surge, poisoned):
     quiet = [r.token_ids for r in surge.generate(PROMPTS, GREEDY)]
     poison = SamplingParams(max_tokens=8, temperature=0.7, seed=POISON_SEED)
@@ -122,7 +117,7 @@ def test_a_poisoned_request_fails_alone_and_others_equal_their_quiet_outputs(sur
     deltas = []
     bad.subscribe(deltas.append)
     assert deltas[-1].finished and deltas[-1].finish_reason == "error" and "OverflowError" in deltas[-1].error
-    assert all_free(surge)
+    assert all_pages_free(surge)
     assert [r.token_ids for r in surge.generate(PROMPTS, GREEDY)] == quiet  # and the engine goes on
 
 
@@ -136,7 +131,7 @@ def test_the_background_thread_survives_a_poisoned_request(surge, poisoned):
         assert surge.generate(PROMPTS[0], GREEDY)[0].token_ids == quiet
     finally:
         surge.stop()
-    assert all_free(surge)
+    assert all_pages_free(surge)
 
 
 def test_an_error_outside_the_executor_fails_that_steps_requests_only(surge, monkeypatch):
@@ -159,7 +154,7 @@ def test_an_error_outside_the_executor_fails_that_steps_requests_only(surge, mon
     assert outcome is not None and [r.request_id for r in outcome.failed] == [first.request_id]
     assert first.done and first.request.finish_reason is FinishReason.ERROR
     assert "RuntimeError: scheduler bug" in first.request.status_message
-    assert all_free(surge)
+    assert all_pages_free(surge)
     assert len(surge.generate(PROMPTS[1], GREEDY)[0].token_ids) == 8
 
 
@@ -179,18 +174,11 @@ def test_a_request_whose_output_cannot_be_decoded_fails_alone(surge, monkeypatch
         surge.step()
     assert first.request.finish_reason is FinishReason.ERROR and "decoding the output failed" in str(first._error)
     assert other.result().token_ids == want[1]
-    assert all_free(surge)
+    assert all_pages_free(surge)
 
 
 def test_a_broken_device_stops_the_engine_thread_after_consecutive_failed_steps(tiny_checkpoint):
-    broken = odrive.vSurge.create_odriver(model=tiny_checkpoint, processor=tiny_checkpoint, max_prefill_length=16,
-                                          page_size=4, num_pages=16, max_concurrent_decodes=2)  # fmt: skip
-    broken.max_consecutive_failed_steps = 3
-
-    def lost(batch):
-        raise RuntimeError("device lost")
-
-    broken.executor.execute = lost
+    broken = broken_surge(tiny_checkpoint, max_failed_steps=3)
     broken.start()
     try:
         for _ in range(3):

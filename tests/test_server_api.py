@@ -16,7 +16,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from server_fixtures import serving_fixtures  # noqa: E402
+from server_fixtures import all_pages_free, serving_fixtures, slow_steps, wait_until  # noqa: E402
 
 import odrive  # noqa: E402
 from odrive.sampling_params import SamplingParams  # noqa: E402
@@ -58,19 +58,6 @@ def metrics(http) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}"] = s.value
     return out
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
-def all_pages_free(surge) -> bool:
-    return surge.num_free_pages == surge.num_usable_pages and not surge.engine.has_unfinished
 
 
 # --- plain routes ---------------------------------------------------------------------------------------
@@ -307,14 +294,7 @@ def test_unknown_route_wrong_method_and_oversized_body_get_error_bodies(http):
 @pytest.fixture
 def slow_engine(surge, monkeypatch):
     """Each engine step takes >= 20 ms, so a 100-token request is surely still running when its client leaves."""
-    execute = surge.executor.execute
-
-    def slow(batch):
-        time.sleep(0.02)
-        return execute(batch)
-
-    monkeypatch.setattr(surge.executor, "execute", slow)
-    return surge
+    return slow_steps(surge, monkeypatch, 0.02)
 
 
 def aborted(http) -> float:

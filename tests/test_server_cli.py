@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +48,8 @@ def test_odrive_serve_command_serves_completions(tiny_checkpoint):
     httpx = pytest.importorskip("httpx")
     for module in ("starlette", "uvicorn", "prometheus_client"):
         pytest.importorskip(module)
+    from server_fixtures import wait_ready
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -59,16 +60,7 @@ def test_odrive_serve_command_serves_completions(tiny_checkpoint):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "odrive serve did not become ready"
-            time.sleep(0.2)
+        wait_ready(proc, url, timeout=90)
         body = {"model": "cli-tiny", "prompt": "The engine", "max_tokens": 3, "temperature": 0, "ignore_eos": True}
         r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text

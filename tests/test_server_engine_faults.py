@@ -15,9 +15,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from server_fixtures import serving_fixtures  # noqa: E402
+from server_fixtures import all_pages_free, broken_surge, serving_fixtures  # noqa: E402
 
-import odrive  # noqa: E402
 from odrive.sampling_params import SamplingParams  # noqa: E402
 from odrive.server import BackgroundServer, create_app  # noqa: E402
 
@@ -41,10 +40,6 @@ def poisoned(surge, monkeypatch):
 
     monkeypatch.setattr(surge.executor, "execute", execute_or_raise)
     return surge
-
-
-def all_free(surge) -> bool:
-    return surge.num_free_pages == surge.num_usable_pages and not surge.engine.has_unfinished
 
 
 def test_a_poisoned_request_gets_a_500_and_concurrent_requests_are_unaffected(server, poisoned):
@@ -79,18 +74,11 @@ def test_a_poisoned_request_gets_a_500_and_concurrent_requests_are_unaffected(se
     assert failure["code"] == "engine_error" and "OverflowError" in failure["message"]
     assert [good[i].json()["choices"][0]["text"] for i in range(len(PROMPTS))] == want
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
-    assert all_free(surge)
+    assert all_pages_free(surge)
 
 
 def test_a_dead_engine_makes_health_503_and_the_server_exit_with_status_1(tiny_checkpoint):
-    broken = odrive.vSurge.create_odriver(model=tiny_checkpoint, processor=tiny_checkpoint, max_prefill_length=16,
-                                          page_size=4, num_pages=16, max_concurrent_decodes=2)  # fmt: skip
-    broken.max_consecutive_failed_steps = 2
-
-    def lost(batch):
-        raise RuntimeError("device lost")
-
-    broken.executor.execute = lost
+    broken = broken_surge(tiny_checkpoint, max_failed_steps=2)
     app = create_app(broken, MODEL)
     srv = BackgroundServer(app).start()
     try:

@@ -16,9 +16,9 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from server_fixtures import make_surge  # noqa: E402
+from server_fixtures import all_pages_free, serving_fixtures, slow_steps, wait_until  # noqa: E402
 
-from odrive.server import BackgroundServer, create_app  # noqa: E402
+from odrive.server import create_app  # noqa: E402
 from odrive.server.limits import ServerLimits  # noqa: E402
 
 MODEL = "tiny-fair"
@@ -28,17 +28,7 @@ LIMITS = ServerLimits(max_tokens=8, max_n=2, api_keys=KEYS, max_concurrent_per_k
 PROMPT = "The engine keeps a pool"
 
 
-@pytest.fixture(scope="module")
-def surge(tiny_checkpoint):
-    s = make_surge(tiny_checkpoint, "fair")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def server(surge):
-    with BackgroundServer(create_app(surge, MODEL, limits=LIMITS)) as srv:
-        yield srv
+surge, server = serving_fixtures(MODEL, "fair", LIMITS)
 
 
 def client(server, key: str | None = KEYS[0], timeout: float = 60) -> httpx.Client:
@@ -46,30 +36,10 @@ def client(server, key: str | None = KEYS[0], timeout: float = 60) -> httpx.Clie
     return httpx.Client(base_url=server.url, headers=headers, timeout=timeout)
 
 
-def all_free(surge) -> bool:
-    return surge.num_free_pages == surge.num_usable_pages and not surge.engine.has_unfinished
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 @pytest.fixture
 def slow_engine(surge, monkeypatch):
     """Each step takes >= 0.15 s: 8 tokens keep a request in flight for over a second."""
-    execute = surge.executor.execute
-
-    def slow(batch):
-        time.sleep(0.15)
-        return execute(batch)
-
-    monkeypatch.setattr(surge.executor, "execute", slow)
-    return surge
+    return slow_steps(surge, monkeypatch, 0.15)
 
 
 # --- API keys ---------------------------------------------------------------------------------------------
@@ -137,7 +107,7 @@ def test_a_key_may_hold_at_most_its_share_of_sequences(server, slow_engine):
     assert outcomes == [1, 1]  # the held streams completed normally
     with client(server) as c:  # and key 0's share is back
         assert c.post("/v1/completions", json=short).status_code == 200
-    assert wait_until(lambda: all_free(surge))
+    assert wait_until(lambda: all_pages_free(surge))
 
 
 # --- clients that do not read -----------------------------------------------------------------------------
@@ -187,27 +157,28 @@ def running_engine(surge):
         surge.stop()
 
 
-def test_a_client_that_stops_reading_is_aborted_after_the_stall_timeout(running_engine):
-    surge = running_engine
+def test_a_client_that_stops_reading_is_aborted_after_the_stall_timeout(running_engine, monkeypatch):
+    surge = slow_steps(running_engine, monkeypatch, 0.02)  # 100 tokens take >= 2 s: the stall comes first
     app = create_app(surge, MODEL, manage_engine=False, limits=ServerLimits(client_stall_timeout=0.3))
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 100, "ignore_eos": True, "stream": True}
+    before = surge.engine.metrics.num_done
     t0 = time.monotonic()
     messages = asyncio.run(call_with_a_client_that_stops_reading(app, body, timeout=20))
     assert time.monotonic() - t0 < 15  # the app gave up on the client by itself
     assert messages[0]["status"] == 200
-    assert wait_until(lambda: all_free(surge))
-    finished = surge.engine.metrics.requests_frame().iloc[-1]
-    assert finished["finish_reason"] == "aborted" and finished["num_output_tokens"] < 100
+    assert wait_until(lambda: all_pages_free(surge))
+    (ended,) = surge.engine.metrics.requests_frame().iloc[before:].itertuples()
+    assert ended.finish_reason == "aborted" and ended.num_output_tokens < 100
 
 
 def test_a_client_that_falls_too_far_behind_is_aborted_instead_of_buffered(running_engine, monkeypatch):
-    surge = running_engine
+    surge = slow_steps(running_engine, monkeypatch, 0.02)
     limits = ServerLimits(stream_buffer_tokens=4, client_stall_timeout=60)
     app = create_app(surge, MODEL, manage_engine=False, limits=limits)
     body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 100, "ignore_eos": True, "stream": True, "n": 2}
     before = surge.engine.metrics.num_done
     asyncio.run(call_with_a_client_that_stops_reading(app, body, timeout=3))
-    assert wait_until(lambda: all_free(surge))
+    assert wait_until(lambda: all_pages_free(surge))
     ended = surge.engine.metrics.requests_frame().iloc[before:]
     assert len(ended) == 2 and (ended["finish_reason"] == "aborted").all()
     assert (ended["num_output_tokens"] < 100).all()  # generation stopped: at most ~4 deltas per choice buffered

@@ -16,10 +16,9 @@ httpx = pytest.importorskip("httpx")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from server_fixtures import make_surge  # noqa: E402
+from server_fixtures import all_pages_free, run_concurrently, serving_fixtures  # noqa: E402
 
 from odrive.sampling_params import SamplingParams  # noqa: E402
-from odrive.server import BackgroundServer, create_app  # noqa: E402
 from odrive.server.limits import ServerLimits  # noqa: E402
 from odrive.server.protocol import ChatCompletionRequest, CompletionRequest  # noqa: E402
 
@@ -28,17 +27,7 @@ KNOWN = {"model": MODEL, "prompt": "The engine keeps a pool", "max_tokens": 8, "
 LIMITS = ServerLimits(max_tokens=8)  # a chat without max_tokens is capped too: generated bodies stay quick
 
 
-@pytest.fixture(scope="module")
-def surge(tiny_checkpoint):
-    s = make_surge(tiny_checkpoint, "hostile")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def server(surge):
-    with BackgroundServer(create_app(surge, MODEL, limits=LIMITS)) as srv:
-        yield srv
+surge, server = serving_fixtures(MODEL, "hostile", LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +39,6 @@ def http(server):
 @pytest.fixture(scope="module")
 def known_text(surge) -> str:
     return surge.generate([KNOWN["prompt"]], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0].text
-
-
-def all_free(surge) -> bool:
-    return surge.num_free_pages == surge.num_usable_pages and not surge.engine.has_unfinished
 
 
 def raw(body: str) -> bytes:
@@ -110,7 +95,7 @@ def test_hostile_bodies_are_a_400_naming_the_field(http, surge, known_text, path
     # the same keep-alive connection still serves, and the engine answers as before
     again = http.post(C, json=KNOWN)
     assert again.status_code == 200 and again.json()["choices"][0]["text"] == known_text
-    assert all_free(surge)
+    assert all_pages_free(surge)
 
 
 # --- bodies generated from the schema ---------------------------------------------------------------------
@@ -213,7 +198,7 @@ def test_after_the_generated_bodies_the_engine_answers_a_known_request_identical
     r = http.post(C, json=KNOWN)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == known_text
     assert http.get("/health").json() == {"status": "ok"}
-    assert all_free(surge)
+    assert all_pages_free(surge)
 
 
 # --- load with hostile bodies mixed in --------------------------------------------------------------------
@@ -262,23 +247,15 @@ async def send_hostile(client: httpx.AsyncClient, case: tuple) -> int:
 
 
 async def mixed_load(url: str, jobs: list[tuple[str, object]], concurrency: int) -> list[object]:
-    results: list[object] = [None] * len(jobs)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(jobs)):
-        queue.put_nowait(i)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            kind, job = jobs[i]
-            results[i] = await (send_good(client, job) if kind == "good" else send_hostile(client, job))
+    async def send(client: httpx.AsyncClient, job: tuple[str, object]) -> object:
+        kind, spec = job
+        return await (send_good(client, spec) if kind == "good" else send_hostile(client, spec))
 
     clients = [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(concurrency)]
     try:
-        await asyncio.gather(*(worker(c) for c in clients))
+        return await run_concurrently(jobs, clients, send)
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    return results
 
 
 def test_load_with_hostile_bodies_mixed_in_matches_the_quiet_run(server, surge):
@@ -288,7 +265,7 @@ def test_load_with_hostile_bodies_mixed_in_matches_the_quiet_run(server, surge):
     random.Random(7).shuffle(jobs)
     got = asyncio.run(mixed_load(server.url, jobs, concurrency=16))
     assert all(status == 400 for (kind, _), status in zip(jobs, got, strict=True) if kind == "hostile")
-    assert all_free(surge)
+    assert all_pages_free(surge)
     processor = surge.processor
     prompts = [processor.encode(processor.apply_chat_template([{"role": "user", "content": g["text"]}]),
                                 add_special_tokens=False) if g["chat"] else g["text"] for g in good]  # fmt: skip
@@ -298,4 +275,4 @@ def test_load_with_hostile_bodies_mixed_in_matches_the_quiet_run(server, surge):
     want = {id(g): (w.text, w.finish_reason) for g, w in zip(good, quiet, strict=True)}
     mismatches = [(g, a, want[id(g)]) for g, a in zip(order, answers, strict=True) if a != want[id(g)]]
     assert not mismatches, mismatches[:3]
-    assert all_free(surge)
+    assert all_pages_free(surge)

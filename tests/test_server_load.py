@@ -14,7 +14,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from server_fixtures import serving_fixtures  # noqa: E402
+from server_fixtures import run_concurrently, serving_fixtures  # noqa: E402
 
 from odrive.sampling_params import SamplingParams  # noqa: E402
 
@@ -64,23 +64,12 @@ async def send(client, spec: dict) -> tuple[str, str | None, int | None]:
 
 
 async def run_load(url: str, specs: list[dict]) -> list[tuple[str, str | None, int | None]]:
-    results: list = [None] * len(specs)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(specs)):
-        queue.put_nowait(i)
-
-    async def worker(client) -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            results[i] = await send(client, specs[i])
-
     clients = [openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0, timeout=120)
                for _ in range(CONCURRENCY)]  # fmt: skip
     try:
-        await asyncio.gather(*(worker(c) for c in clients))
+        return await run_concurrently(specs, clients, send)
     finally:
         await asyncio.gather(*(c.close() for c in clients))
-    return results
 
 
 def test_concurrent_clients_all_complete_match_offline_greedy_and_free_every_page(server, surge):

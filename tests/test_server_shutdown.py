@@ -19,6 +19,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from server_fixtures import wait_ready  # noqa: E402
+
 MODEL = "tiny-term"
 STEP_S = 0.01  # each engine step of the served process takes at least this long: long requests outlast the drain
 # ``odrive serve`` itself, with the executor slowed down (a subprocess, so SIGTERM reaches a real main thread)
@@ -62,16 +64,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_checkpoint, tmp_pat
     with stderr.open("w") as err:
         proc = subprocess.Popen(cmd, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=err, stderr=err)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, stderr.read_text()
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "odrive serve did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, url, timeout=120, log=stderr)
         long = {"model": MODEL, "prompt": "The engine keeps", "max_tokens": 300, "ignore_eos": True, "temperature": 0}
         short = {**long, "max_tokens": 20}
         httpx.post(f"{url}/v1/completions", json=short, timeout=60).raise_for_status()  # compile the step shapes

@@ -249,6 +249,5 @@ class Handoff:
             first_scheduled_time=rec.first_scheduled[i],
             first_token_time=arrival,
         )
-        if hasattr(request, "last_token_time"):  # inter-token gaps count from the first token
-            request.last_token_time = arrival
+        request.last_token_time = arrival  # inter-token gaps count from the first token
         return request

@@ -9,6 +9,7 @@ Exits 0 with a note when the prefix cache or the workloads are not available yet
 
     python -m experiments.prefix_caching            # 2 rates, small workloads (seconds)
     python -m experiments.prefix_caching --full     # more rates and system-prompt lengths (minutes)
+    python -m experiments.prefix_caching --trace mooncake [--full]  # a real trace (prefix_caching_mooncake.py)
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--accelerator", default="h100-80gb")
     p.add_argument("--model", default="llama-2-7b")
+    p.add_argument(
+        "--trace",
+        choices=["mooncake"],
+        default=None,
+        help="study a real trace's sharing instead: mooncake (KV pool and page size, then cluster routers; "
+        "see experiments/prefix_caching_mooncake.py; output in results/prefix_caching_mooncake)",
+    )
     return p
 
 
@@ -155,6 +163,12 @@ def plot(table: pd.DataFrame, path: Path, publish: Path | None = None) -> Path:
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame | None:
+    if args.trace == "mooncake":
+        from experiments import prefix_caching_mooncake as mooncake
+
+        if args.out == build_parser().get_default("out"):
+            args.out = args.out.parent / mooncake.NAME
+        return mooncake.run(args)[0]
     if args.replot:
         return report(read_table(args.out / f"{NAME}.csv"), args)
     names = available_workloads()

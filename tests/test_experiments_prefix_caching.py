@@ -28,3 +28,22 @@ def test_quick_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert (cached["ttft_p50_speedup"] > 1).all()  # prefilling fewer tokens answers sooner
     assert (cached["throughput_gain"] > 0.95).all()
     assert (tmp_path / "prefix_caching.png").is_file()
+
+
+def test_mooncake_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import prefix_caching_mooncake as mooncake
+
+    small = {"requests": 60, "pools": [262_144, 4_194_304], "pages": [64], "replicas": 2}
+    monkeypatch.setattr(mooncake, "QUICK", small)
+    args = ["--trace", "mooncake", "--out", str(tmp_path), "--workers", "1", "--no-progress"]
+    assert prefix_caching.main(args) == 0
+    pool, cluster = pd.read_csv(tmp_path / "pool.csv"), pd.read_csv(tmp_path / "cluster.csv")
+    cached = pool[pool["allocator"] == "prefix-cache"].sort_values("pool_tokens")
+    share = mooncake.implied_share(max_requests=60)
+    assert 0 < share < 0.4 and f"{100 * share:.1f} %" in capsys.readouterr().out
+    # a bigger pool keeps more of what was shared, up to what the hash ids allow
+    assert 0 < cached["cached_token_fraction"].iloc[0] <= cached["cached_token_fraction"].iloc[1] <= share + 1e-9
+    assert (pool.loc[pool["allocator"] == "free-list", "cached_token_fraction"] == 0).all()
+    assert list(cluster["router"]) == list(mooncake.ROUTERS) and (cluster["finished"] == 60).all()
+    assert (tmp_path / "prefix_caching_mooncake.png").is_file()
+    assert prefix_caching.main([*args, "--replot"]) == 0  # redraws from the saved tables

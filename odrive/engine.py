@@ -76,6 +76,7 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.swap_stats = SwapStats()
         self._caching = self.allocator.supports_prefix_caching
+        self._window = scheduler.config.sliding_window  # with one, pages behind each request's window are released
         self.fast_forward = True  # False: steady decode runs step one at a time although the executor could batch them
         self.fast_forward_past_finishes = True  # see ``_fast_forward``; a cluster with state-aware routing opts out
         # Called with every StepOutcome (e.g. to keep each step's plan); a hook, so nothing needs to wrap ``step``.
@@ -212,7 +213,8 @@ class Engine:
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
         if (num_prefill_seqs == 0 and self.fast_forward and self.executor.supports_decode_runs and horizon > 0
                 and not plan.has_swaps and self.allocator.supports_decode_runs
-                and (not self._caching or not any(c.request.output_token_ids for c in batch))):  # fmt: skip
+                and (not self._caching or not any(c.request.output_token_ids for c in batch))
+                and not self._releases_pages(batch)):  # fmt: skip
             steady = sched.steady_steps(plan)
             if steady > 1:
                 outcome = self._fast_forward(now, plan, batch, steady, horizon)
@@ -247,6 +249,8 @@ class Engine:
         req.num_computed_tokens += chunk.num_tokens
         if self._caching:
             self.allocator.commit(req)
+        if self._window is not None:  # the next query sees positions from num_computed_tokens - window + 1 on
+            self.allocator.release_before(req.request_id, req.num_computed_tokens - self._window + 1)
         if not chunk.sample:
             return False
         token = None if sampled is None else sampled[req.request_id]
@@ -267,6 +271,14 @@ class Engine:
             self._finish(req, reason, end)
             outcome.finished.append(req)
         return one_step
+
+    def _releases_pages(self, batch: list[SeqChunk]) -> bool:
+        """Whether a request of ``batch`` may outgrow the sliding window (then pages are released as it decodes,
+        and the batch steps one at a time: a decode run counts pages without releases)."""
+        window = self._window
+        return window is not None and any(
+            c.request.num_prompt_tokens + c.request.sampling_params.max_tokens > window for c in batch
+        )
 
     # --- simulator fast-forward -------------------------------------------------------------------
     def _fast_forward(self, now: float, plan: StepPlan, batch: list[SeqChunk], steady: int,

@@ -35,6 +35,13 @@ def check_plan(sched: Scheduler, plan: StepPlan) -> None:
                 raise InvariantViolation(
                     "max-prefill-length", f"request {rid}: chunk of {n} > {cfg.max_prefill_length}"
                 )
+        released = alloc.num_released(rid)
+        if released and (cfg.sliding_window is None
+                         or released * alloc.page_size > req.num_computed_tokens - cfg.sliding_window + 1):
+            raise InvariantViolation(
+                "released-behind-window", f"request {rid} computes from token {req.num_computed_tokens} with "
+                f"sliding_window={cfg.sliding_window}, but its first {released} pages are released",
+            )  # fmt: skip
         need = req.num_computed_tokens + n
         if alloc.num_tokens(rid) < need or alloc.slots_held(rid) < need:
             raise InvariantViolation(

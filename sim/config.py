@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
+
+if TYPE_CHECKING:
+    from sim.model_spec import ModelSpec
 
 GiB = 2**30
 
@@ -73,7 +76,14 @@ class SimConfig:
             preemption_mode=self.preemption_mode,
             swap_space_pages=self.host_swap_pages(),
             scheduler_kwargs=self.scheduler_kwargs,
+            sliding_window=self.model_spec().sliding_window,
         )
+
+    def model_spec(self) -> ModelSpec:
+        """The spec of ``model`` (a preset, a checkpoint folder, a GGUF file or a packaged name)."""
+        from sim.model_spec import get_model_spec
+
+        return get_model_spec(self.model)
 
     def host_swap_pages(self) -> int:
         """Pages of the swap tier: ``swap_space_pages``, else ``swap_space_gib`` of this model's pages in
@@ -82,9 +92,7 @@ class SimConfig:
             return self.swap_space_pages
         if self.preemption_mode != "swap":
             return 0
-        from sim.model_spec import get_model_spec
-
-        spec = get_model_spec(self.model)
+        spec = self.model_spec()
         # Host copies of every device's shard of a page (as the real engine counts its swap tier).
         per_device = spec.kv_bytes_per_page(self.page_size) * math.ceil(spec.num_kv_heads / self.tp) / spec.num_kv_heads
         return math.floor(self.swap_space_gib * GiB / (per_device * self.tp))

@@ -124,6 +124,20 @@ def test_pages_allocated_for_a_decode() -> None:
     expect("pages-allocated", sched, plan_of({"a": 1}))
 
 
+def test_released_behind_window() -> None:
+    # a decode at position 12 with window 8 sees positions 5..12: pages 0 (0-3) may be released, page 1 (4-7) not
+    sched = make(page_size=4, sliding_window=8)
+    run(sched, "a", 12, outputs=1, computed=12)
+    assert sched.allocator.release_before("a", 4) == 1
+    check_plan(sched, plan_of({"a": 1}))
+    assert sched.allocator.release_before("a", 8) == 1
+    expect("released-behind-window", sched, plan_of({"a": 1}))
+    unwindowed = make(page_size=4)  # no window: nothing may be released
+    run(unwindowed, "b", 12, outputs=1, computed=12)
+    unwindowed.allocator.release_before("b", 4)
+    expect("released-behind-window", unwindowed, plan_of({"b": 1}))
+
+
 def test_max_concurrent_prefill() -> None:
     sched = make(max_concurrent_prefill=1)
     run(sched, "a", 4)
@@ -235,11 +249,15 @@ class StateAllocator(PageAllocator):
     """An allocator whose state is set directly, to break it on purpose."""
 
     def __init__(self, num_pages: int, page_size: int, tables: dict[str, list[int]], free: list[int],
-                 tokens: dict[str, int] | None = None) -> None:  # fmt: skip
+                 tokens: dict[str, int] | None = None, released: dict[str, int] | None = None) -> None:  # fmt: skip
         super().__init__(num_pages, page_size)
         self.tables = tables
         self.free_ids = free
         self.tokens = tokens or {}
+        self.released = released or {}
+
+    def num_released(self, request_id: str) -> int:
+        return self.released.get(request_id, 0)
 
     def allocate(self, request_id: str, num_tokens: int) -> bool:
         raise NotImplementedError
@@ -267,6 +285,8 @@ class StateAllocator(PageAllocator):
 ALLOCATOR_CASES: list[tuple[str, Callable[[], StateAllocator]]] = [
     ("null-page-never-allocated", lambda: StateAllocator(5, 2, {"x": [0, 1]}, [2, 3, 4])),
     ("null-page-never-allocated", lambda: StateAllocator(5, 2, {"x": [1]}, [0, 2, 3, 4])),
+    ("null-page-never-allocated", lambda: StateAllocator(5, 2, {"x": [0, 0, 1]}, [2, 3, 4], released={"x": 1})),
+    ("released-pages-freed", lambda: StateAllocator(5, 2, {"x": [0, 1]}, [2, 3, 4], released={"x": 2})),
     ("page-in-range", lambda: StateAllocator(5, 2, {"x": [1, 5]}, [2, 3, 4])),
     ("page-in-range", lambda: StateAllocator(5, 2, {"x": [-1]}, [1, 2, 3, 4])),
     ("page-owned-once", lambda: StateAllocator(5, 2, {"x": [1], "y": [2, 1]}, [3, 4])),
@@ -290,6 +310,7 @@ def test_allocator_invariant_names_itself(name: str, build: Callable[[], StateAl
 
 def test_consistent_state_allocator_passes() -> None:
     StateAllocator(5, 2, {"x": [1, 3], "y": []}, [2, 4], {"x": 4}).check_invariants()
+    StateAllocator(5, 2, {"x": [0, 0, 3]}, [1, 2, 4], {"x": 6}, released={"x": 2}).check_invariants()
 
 
 # --- engine-level invariants ------------------------------------------------------------------------------
@@ -325,9 +346,10 @@ TRIGGERED = {
     # check_plan
     "token-budget", "max-concurrent-decodes", "scheduled-is-running", "tokens-in-range", "max-prefill-length",
     "pages-allocated", "max-concurrent-prefill", "queued-once", "waiting-or-running", "preempted-not-running",
-    "preempted-pages-freed", "waiting-holds-no-pages",
+    "preempted-pages-freed", "waiting-holds-no-pages", "released-behind-window",
     # PageAllocator.check_invariants
-    "null-page-never-allocated", "page-in-range", "page-owned-once", "tokens-fit-pages", "free-list-unique",
+    "null-page-never-allocated", "released-pages-freed", "page-in-range", "page-owned-once", "tokens-fit-pages",
+    "free-list-unique",
     "free-or-owned", "no-page-leak",
     # Engine (progress: see test_engine.py)
     "fast-forward-pages", "progress",

@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from checkpoints import build_tiny_checkpoint
+from hf_reference import transformers_greedy
 
 import odrive
 from odrive.models import dense_greedy_generate, make_dense_forward
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 WINDOW = 8
 VARIANTS = {
@@ -41,20 +42,6 @@ def checkpoint(request, tmp_path_factory):
     return request.param, build_tiny_checkpoint(tmp_path_factory.mktemp(request.param), **VARIANTS[request.param])
 
 
-def _transformers_greedy(path, prompt_ids: list[list[int]], eos: list[int]) -> list[list[int]]:
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    out = []
-    for ids in prompt_ids:
-        tensor = torch.tensor([ids])
-        with torch.no_grad():
-            generated = hf.eval().generate(
-                tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=NEW_TOKENS, do_sample=False,
-                eos_token_id=eos, pad_token_id=0,
-            )  # fmt: skip
-        out.append(generated[0, len(ids) :].tolist())
-    return out
-
-
 def test_paged_engine_equals_transformers_greedy(checkpoint):
     model_type, checkpoint = checkpoint
     model, processor = odrive.load_model(checkpoint), odrive.load_processor(checkpoint)
@@ -66,7 +53,7 @@ def test_paged_engine_equals_transformers_greedy(checkpoint):
         hbm_utilization=0.001, max_concurrent_prefill=2, max_concurrent_decodes=2, seed=0, vsurge_name="arch",
     )  # fmt: skip
     results = surge.generate(PROMPTS, odrive.SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0))
-    expected = _transformers_greedy(checkpoint, prompt_ids, list(processor.eos_token_ids))
+    expected = transformers_greedy(checkpoint, prompt_ids, NEW_TOKENS, list(processor.eos_token_ids))
     assert [r.token_ids for r in results] == expected
     assert surge.num_free_pages == surge.num_usable_pages
 

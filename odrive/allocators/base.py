@@ -117,6 +117,17 @@ class PageAllocator(ABC):
         """Give ``child_id`` a table sharing every page of ``parent_id`` (parallel sampling)."""
         raise NotImplementedError(f"{type(self).__name__} does not support fork (copy-on-write page sharing)")
 
+    def release_before(self, request_id: str, position: int) -> int:
+        """A sliding window has passed: no query of ``request_id`` will attend to a position before ``position``
+        again. An allocator may free the pages wholly before it; their table entries become ``NULL_PAGE`` (the
+        table keeps its length and token count, kernels mask the positions). Returns the pages freed; the engine
+        calls it after every step when ``SchedulerConfig.sliding_window`` is set. Default: keeps them, 0."""
+        return 0
+
+    def num_released(self, request_id: str) -> int:
+        """Leading entries of ``request_id``'s table that ``release_before`` freed (now ``NULL_PAGE``)."""
+        return 0
+
     def take_pending_copies(self) -> list[tuple[int, int]]:
         """``(src_page, dst_page)`` copies that copy-on-write recorded since the last call (and forgets
         them). The executor must copy each page's K/V before the step writes any K/V. Default: none."""
@@ -151,18 +162,22 @@ class PageAllocator(ABC):
         )
 
     def check_invariants(self) -> None:
-        """Raise InvariantViolation if any page is lost, doubly owned, or the null page is used."""
+        """Raise InvariantViolation if any page is lost, doubly owned, or the null page is used. The leading entries
+        released behind a sliding window (``num_released``) are the null page and nothing else is."""
         seen: dict[int, str] = {}
         for rid, table in self.owners().items():
-            for page in table:
+            released = self.num_released(rid)
+            if table[:released] != [NULL_PAGE] * released:
+                raise InvariantViolation(
+                    "released-pages-freed", f"request {rid}: its first {released} entries are released: {table[:10]}"
+                )
+            for page in table[released:]:
                 if page == NULL_PAGE:
                     raise InvariantViolation("null-page-never-allocated", f"request {rid} holds page 0")
                 if not 0 < page < self.num_pages:
                     raise InvariantViolation("page-in-range", f"request {rid} holds page {page}")
                 if page in seen:
-                    raise InvariantViolation(
-                        "page-owned-once", f"page {page} held by both {seen[page]} and {rid}"
-                    )
+                    raise InvariantViolation("page-owned-once", f"page {page} held by both {seen[page]} and {rid}")
                 seen[page] = rid
             if self.num_tokens(rid) > len(table) * self.page_size:
                 raise InvariantViolation(

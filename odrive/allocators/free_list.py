@@ -6,13 +6,14 @@ from typing import ClassVar
 
 from mypy_extensions import mypyc_attr
 
-from odrive.allocators.base import AllocatorStats, PageAllocator
+from odrive.allocators.base import NULL_PAGE, AllocatorStats, PageAllocator
 from odrive.allocators.registry import ALLOCATORS
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class FreeListAllocator(PageAllocator):
-    """Hands out pages from a free list; freed pages go to the back (FIFO) or the top (LIFO)."""
+    """Hands out pages from a free list; freed pages go to the back (FIFO) or the top (LIFO). Pages a sliding
+    window left behind are freed as the window passes (``release_before``)."""
 
     lifo: ClassVar[bool] = False
 
@@ -23,6 +24,7 @@ class FreeListAllocator(PageAllocator):
         self._free: list[int] = list(range(1, num_pages))
         self._head = 0
         self._used_slots = 0
+        self._released: dict[str, int] = {}  # request_id -> leading table entries released (now NULL_PAGE)
 
     def allocate(self, request_id: str, num_tokens: int) -> bool:
         table = self._tables.get(request_id)
@@ -64,9 +66,30 @@ class FreeListAllocator(PageAllocator):
 
     def free(self, request_id: str) -> None:
         table = self._tables.pop(request_id, None)
-        self._used_slots -= self._tokens.pop(request_id, 0)
+        released = self._released.pop(request_id, 0)
+        self._used_slots -= self._tokens.pop(request_id, 0) - released * self.page_size
         if table:
+            if released:
+                table = table[released:]
             self._free.extend(reversed(table) if self.lifo else table)
+
+    def release_before(self, request_id: str, position: int) -> int:
+        table = self._tables.get(request_id)
+        if table is None:
+            return 0
+        done = self._released.get(request_id, 0)
+        upto = min(position // self.page_size, len(table))
+        if upto <= done:
+            return 0
+        pages = table[done:upto]
+        table[done:upto] = [NULL_PAGE] * (upto - done)
+        self._released[request_id] = upto
+        self._used_slots -= len(pages) * self.page_size  # whole pages, all their slots held tokens
+        self._free.extend(reversed(pages) if self.lifo else pages)
+        return len(pages)
+
+    def num_released(self, request_id: str) -> int:
+        return self._released.get(request_id, 0)
 
     @property
     def num_free_pages(self) -> int:

@@ -37,6 +37,8 @@ class SchedulerConfig:
       when the host tier is full or the victim has nothing computed).
     - ``scheduler_kwargs``: policy-specific options (``(name, value)`` pairs) that ``make_scheduler`` passes
       to the policy's constructor, e.g. ``(("predictor", "bucket-mean"),)`` for ``sjf``.
+    - ``sliding_window``: the model's attention window (Mistral), or None. With one, the engine releases pages
+      wholly behind every running request's window after each step (``PageAllocator.release_before``).
     """
 
     max_prefill_length: int = 2048
@@ -49,6 +51,7 @@ class SchedulerConfig:
     preemption_mode: str = "recompute"
     swap_space_pages: int = 0
     scheduler_kwargs: tuple[tuple[str, Any], ...] = ()
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_prefill_length < 1:
@@ -88,6 +91,8 @@ class SchedulerConfig:
         if self.preemption_mode == "swap" and self.swap_space_pages == 0:
             raise ConfigError("preemption_mode='swap' needs a host tier: set swap_space_pages >= 1")
         object.__setattr__(self, "scheduler_kwargs", tuple((str(k), v) for k, v in dict(self.scheduler_kwargs).items()))
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
 
     @property
     def token_budget(self) -> int:

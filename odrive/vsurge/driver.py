@@ -124,6 +124,7 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             max_model_len=max_length,
             chunk_size=chunk_size,
             scheduler_kwargs=tuple(dict(scheduler_kwargs or {}).items()),
+            sliding_window=model.config.sliding_window,  # pages behind the window are released as it passes
         )
         cfg = model.config
         if mesh is not None:

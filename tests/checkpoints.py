@@ -34,6 +34,16 @@ We measure latency, throughput, and memory, then compare the results across many
 """
 
 
+# Prompts of 15 to 26 tokens with the default tiny tokenizer (its BOS included): longer than an 8-token window.
+SHORT_PROMPTS = (
+    "The engine keeps a pool of pages.",
+    "The baker opened the shop",
+    "Questions are common too: where is the station?",
+    "Small models are useful",
+    "A short prompt is processed in one step",
+)
+
+
 def train_tokenizer(vocab_size: int) -> Tokenizer:
     """Byte-level BPE trained on ``CORPUS``; adds ``<s>`` on encode; at most ``vocab_size`` ids."""
     if vocab_size < 260:

@@ -12,7 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from checkpoints import build_tiny_checkpoint
+from checkpoints import SHORT_PROMPTS, build_tiny_checkpoint
 from hf_reference import transformers_greedy
 
 import odrive
@@ -27,13 +27,7 @@ VARIANTS = {
     "qwen3": {"model_type": "qwen3", "head_dim": 32},
     "mistral": {"model_type": "mistral", "sliding_window": WINDOW},
 }
-PROMPTS = [  # 15 to 26 tokens with the tiny tokenizer (its BOS included)
-    "The engine keeps a pool of pages.",
-    "The baker opened the shop",
-    "Questions are common too: where is the station?",
-    "Small models are useful",
-    "A short prompt is processed in one step",
-]
+PROMPTS = list(SHORT_PROMPTS)  # 15 to 26 tokens
 NEW_TOKENS = 12
 
 

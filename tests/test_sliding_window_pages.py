@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 import pytest
-from checkpoints import build_tiny_checkpoint
+from checkpoints import SHORT_PROMPTS, build_tiny_checkpoint
 from hf_reference import transformers_greedy
 
 import odrive
@@ -24,13 +24,7 @@ from sim.simulator import build_engine, simulate
 from sim.workloads.request import Workload
 
 WINDOW, PAGE = 8, 4
-PROMPTS = [  # 15 to 26 tokens with the tiny tokenizer
-    "The engine keeps a pool of pages.",
-    "The baker opened the shop",
-    "Questions are common too: where is the station?",
-    "Small models are useful",
-    "A short prompt is processed in one step",
-]
+PROMPTS = list(SHORT_PROMPTS)  # 15 to 26 tokens
 NEW_TOKENS = 12
 LIMITS = dict(max_prefill_length=32, prefill_lengths=(16, 32), max_concurrent_prefill=2, max_concurrent_decodes=2)
 

@@ -4,8 +4,8 @@ The slice of an Azure trace is scaled to the tiny model: prompt lengths x ``--le
 [1, ``--max-prompt``], output lengths clipped to [1, ``--max-output``], and Poisson arrivals at ``--rate``
 requests/s (``--rate 0`` keeps the trace's own timestamps x ``--time-scale``). Each request is a streamed
 ``/v1/completions`` call with a random token-id prompt of exactly its length and ``ignore_eos`` (so it
-generates exactly its output length, as the simulator assumes), timed by the client from one SSE chunk per
-token (``stream_options.continuous_usage_stats``). The simulator replays the same requests on
+generates exactly its output length, as the simulator assumes), sent and timed by ``odrive bench``'s client
+(``odrive.bench.client``). The simulator replays the same requests on
 ``SimConfig(accelerator="cpu-2core", model="tiny-bench")`` with the server's page count and limits.
 
 Without ``--url`` the benchmark builds the tiny-bench checkpoint (random weights, 4 layers, hidden 256, 2
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import socket
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,6 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from checkpoints import build_tiny_checkpoint  # noqa: E402
 
+from odrive.bench.cli import request_specs  # noqa: E402
+from odrive.bench.client import BenchRun, replay_async  # noqa: E402
 from odrive.metrics import summarize  # noqa: E402
 from odrive.runtime.batch_builder import power_of_two_buckets  # noqa: E402
 from odrive.schedulers.config import default_prefill_buckets  # noqa: E402
@@ -51,18 +51,6 @@ ROWS = [
     ("tpot_p50", "{:.4f}"), ("tpot_p90", "{:.4f}"), ("tpot_p99", "{:.4f}"), ("e2e_p50", "{:.3f}"),
     ("e2e_p90", "{:.3f}"), ("e2e_p99", "{:.3f}"),
 ]  # fmt: skip
-
-
-@dataclass
-class Timing:
-    """One request as the client saw it (seconds from the run's start)."""
-
-    arrival: float
-    first_token: float | None = None
-    last_token: float | None = None
-    finish: float | None = None
-    tokens: int = 0
-    reason: str | None = None
 
 
 def scaled_workload(args: argparse.Namespace) -> Workload:
@@ -107,44 +95,9 @@ def start_server(args: argparse.Namespace, checkpoint: Path) -> tuple[subprocess
         time.sleep(0.25)
 
 
-async def one_request(client: httpx.AsyncClient, body: dict, timing: Timing, t0: float) -> None:
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            now = time.perf_counter() - t0
-            tokens = chunk.get("usage", {}).get("completion_tokens", 0)
-            if tokens > timing.tokens:
-                timing.tokens = tokens
-                timing.first_token = timing.first_token if timing.first_token is not None else now
-                timing.last_token = now
-            if chunk["choices"] and chunk["choices"][0]["finish_reason"]:
-                timing.reason = chunk["choices"][0]["finish_reason"]
-    timing.finish = time.perf_counter() - t0
-
-
-async def replay(url: str, model: str, workload: Workload, vocab: int, seed: int) -> list[Timing]:
-    """Send every request at its arrival time (open loop); wait for all of them."""
-    rng = np.random.default_rng(seed)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        t0 = time.perf_counter()
-        timings, tasks = [], []
-        for spec in workload:
-            delay = spec.arrival_time - (time.perf_counter() - t0)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body = {"model": model, "prompt": rng.integers(3, vocab, spec.num_prompt_tokens).tolist(),
-                    "max_tokens": spec.num_output_tokens, "temperature": 0.0, "ignore_eos": True, "stream": True,
-                    "stream_options": {"continuous_usage_stats": True}}  # fmt: skip
-            timing = Timing(arrival=time.perf_counter() - t0)
-            timings.append(timing)
-            tasks.append(asyncio.create_task(one_request(client, body, timing, t0)))
-        await asyncio.gather(*tasks)
-    return timings
+def replay(url: str, model: str, workload: Workload, vocab: int, seed: int) -> BenchRun:
+    """Send every request at its arrival time (open loop) with ``odrive bench``'s client; wait for all."""
+    return asyncio.run(replay_async(url, model, request_specs(workload, vocab, seed)))[0]
 
 
 def warm_up(url: str, args: argparse.Namespace) -> float:
@@ -153,29 +106,16 @@ def warm_up(url: str, args: argparse.Namespace) -> float:
     t = time.perf_counter()
     for bucket in (b for b in default_prefill_buckets(args.max_prefill_length) if b <= args.max_prompt):
         one = Workload(np.zeros(1), np.array([bucket]), np.array([2]))
-        asyncio.run(replay(url, args.model_name, one, args.vocab, args.seed + 1))
+        replay(url, args.model_name, one, args.vocab, args.seed + 1)
     for size in power_of_two_buckets(args.max_concurrent_decodes, smallest=1):
         burst = Workload(np.zeros(size), np.full(size, 8), 2 + np.arange(size))
-        asyncio.run(replay(url, args.model_name, burst, args.vocab, args.seed + 2))
+        replay(url, args.model_name, burst, args.vocab, args.seed + 2)
     return time.perf_counter() - t
 
 
-def server_frame(timings: list[Timing], workload: Workload) -> pd.DataFrame:
+def server_frame(run: BenchRun, workload: Workload) -> pd.DataFrame:
     """The client's timings as an ``odrive.metrics`` requests frame (so both sides share ``summarize``)."""
-    df = pd.DataFrame({
-        "status": ["finished" if t.finish is not None and t.reason else "failed" for t in timings],
-        "finish_reason": [t.reason for t in timings],
-        "arrival_time": [t.arrival for t in timings],
-        "first_token_time": [t.first_token if t.first_token is not None else math.nan for t in timings],
-        "finish_time": [t.finish if t.finish is not None else math.nan for t in timings],
-        "num_output_tokens": [t.tokens for t in timings],
-        "num_preemptions": 0,
-    })  # fmt: skip
-    df["ttft"] = df["first_token_time"] - df["arrival_time"]
-    df["e2e"] = df["finish_time"] - df["arrival_time"]
-    df["tpot"] = ([t.last_token or math.nan for t in timings] - df["first_token_time"]) / (
-        df["num_output_tokens"] - 1
-    ).where(df["num_output_tokens"] > 1)
+    df = run.requests_frame().assign(num_preemptions=0, num_cached_tokens=0)
     mismatched = int((df["num_output_tokens"].to_numpy() != workload.output_lens).sum())
     if mismatched:
         print(f"warning: {mismatched} requests generated a different number of tokens than asked")
@@ -259,7 +199,7 @@ def main() -> None:
             if not args.no_warmup:
                 print(f"warm-up (compiles) took {warm_up(url, args):.1f} s")
             before = engine_side(url)
-            timings = asyncio.run(replay(url, args.model_name, workload, args.vocab, args.seed))
+            timings = replay(url, args.model_name, workload, args.vocab, args.seed)
             engine = {k: v - before.get(k, 0.0) for k, v in engine_side(url).items()}
         finally:
             if proc is not None:

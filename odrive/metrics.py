@@ -95,18 +95,25 @@ class MetricsRecorder:
         # None (never scheduled / no token) must read as NaN even when a column holds nothing else.
         times = ["arrival_time", "first_scheduled_time", "first_token_time", "finish_time"]
         df[times] = df[times].astype("float64")
-        df["ttft"] = df["first_token_time"] - df["arrival_time"]
-        df["e2e"] = df["finish_time"] - df["arrival_time"]
-        df["queue_time"] = df["first_scheduled_time"] - df["arrival_time"]
-        decode_tokens = (df["num_output_tokens"] - 1).where(df["num_output_tokens"] > 1)
-        df["tpot"] = (df["finish_time"] - df["first_token_time"]) / decode_tokens
-        return df
+        return with_latencies(df)
 
     def steps_frame(self) -> pd.DataFrame:
         """One row per engine step (a fast-forwarded decode run is one row with ``num_steps`` > 1)."""
         df = pd.DataFrame(self._steps, columns=STEP_COLUMNS)
         df["utilization"] = df["pages_used"] / (df["pages_used"] + df["pages_free"])
         return df
+
+
+def with_latencies(df: pd.DataFrame) -> pd.DataFrame:
+    """Add each request's TTFT, E2E, TPOT (the time between its first and last token over the tokens after the
+    first; NaN for one token) and queueing delay (when ``first_scheduled_time`` is known), from its time columns."""
+    df["ttft"] = df["first_token_time"] - df["arrival_time"]
+    df["e2e"] = df["finish_time"] - df["arrival_time"]
+    if "first_scheduled_time" in df:
+        df["queue_time"] = df["first_scheduled_time"] - df["arrival_time"]
+    decode_tokens = (df["num_output_tokens"] - 1).where(df["num_output_tokens"] > 1)
+    df["tpot"] = (df["finish_time"] - df["first_token_time"]) / decode_tokens
+    return df
 
 
 def summarize(requests: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Series:

@@ -22,6 +22,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from odrive.metrics import with_latencies
+
 
 @dataclass
 class RequestSpec:
@@ -78,12 +80,8 @@ class BenchRun:
             "max_tokens": [x.max_tokens for x in t],
             "message": [x.error for x in t],
         })  # fmt: skip
-        frame["ttft"] = frame["first_token_time"] - frame["arrival_time"]
-        frame["e2e"] = frame["finish_time"] - frame["arrival_time"]
         frame["send_lag"] = frame["arrival_time"] - frame["scheduled_time"]
-        decode_tokens = (frame["num_output_tokens"] - 1).where(frame["num_output_tokens"] > 1)
-        frame["tpot"] = (frame["finish_time"] - frame["first_token_time"]) / decode_tokens
-        return frame
+        return with_latencies(frame)
 
     def itl(self) -> np.ndarray:
         """Every inter-token gap of the completed requests (seconds)."""

@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("uvicorn")
 
 import odrive  # noqa: E402
-from odrive.bench.compare import comparison  # noqa: E402
+from odrive.bench.compare import comparison, format_comparison  # noqa: E402
 from odrive.cli import main as odrive_main  # noqa: E402
 from odrive.profiling.features import EngineGeometry, format_lens  # noqa: E402
 from odrive.profiling.probe import predict_steps, speed_of  # noqa: E402
@@ -144,6 +144,8 @@ def test_both_sides_served_the_same_requests(round_trip: dict) -> None:
 def test_sim_and_real_agree_within_the_sim_to_real_bounds(round_trip: dict) -> None:
     for speed in round_trip["speeds"]:  # the engine's speed vs the profile's: this machine, under some load
         assert 0.5 < speed < 30, round_trip["speeds"]
+    print(f"\nengine speed vs the profile (decode, prefill): {round_trip['speeds']}, load average {os.getloadavg()}")
+    print(format_comparison(round_trip["sim"], round_trip["bench"], "A: odrive sim", "B: odrive bench"))
     errors = {k: 100 * e for k, _, _, e in comparison(round_trip["sim"], round_trip["bench"])}
     report = (round_trip["speeds"], {k: round(v, 1) for k, v in errors.items()})
     assert abs(errors["request_throughput"]) < THROUGHPUT, report

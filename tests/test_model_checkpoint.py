@@ -61,7 +61,7 @@ def test_hf_layout_names_and_orientation(tmp_path, params):
     tensors = load_file(str(tmp_path / "model.safetensors"))
     assert tensors["model.layers.1.self_attn.k_proj.weight"].shape == (2 * 8, 32)  # [out, in]
     np.testing.assert_array_equal(
-        tensors["model.layers.1.self_attn.k_proj.weight"], np.asarray(params["layers"]["wk"][1]).T
+        tensors["model.layers.1.self_attn.k_proj.weight"], np.asarray(params["layers"][1]["wk"]).T
     )
     np.testing.assert_array_equal(tensors["lm_head.weight"], np.asarray(params["lm_head"]).T)
     assert len(tensors) == 3 + 9 * CONFIG.num_hidden_layers

@@ -7,12 +7,13 @@ from odrive.models.llama import (
     Params,
     dense_greedy_generate,
     forward_dense,
-    forward_paged,
     init_params,
+    layer_param_shapes,
     make_dense_forward,
-    make_paged_forward,
     param_shapes,
+    stack_layers,
 )
+from odrive.models.paged_forward import PagedBatch, PagedForward, make_paged_forward, paged_layer
 
 __all__ = [
     "CheckpointError",
@@ -25,13 +26,17 @@ __all__ = [
     "allocate_kv_caches",
     "dense_greedy_generate",
     "forward_dense",
-    "forward_paged",
     "init_params",
+    "layer_param_shapes",
     "layer_kv_pages",
     "load_model",
     "make_dense_forward",
     "make_paged_forward",
+    "paged_layer",
+    "PagedBatch",
+    "PagedForward",
     "pages_per_layer",
     "param_shapes",
+    "stack_layers",
     "save_model",
 ]

@@ -85,18 +85,17 @@ def load_model(
     shapes = param_shapes(config)
     place = _placer(config, mesh)
     with _TensorReader(path) as reader:
-        params: Params = {"layers": {}}
+        params: Params = {"layers": []}
         for name, shape in shapes.items():
             if name != "layers":
                 hf_name, transpose = _TOP_LEVEL[name]
                 params[name] = place(reader.load(hf_name, shape, transpose, dt), name)
-        for name, shape in shapes["layers"].items():
-            suffix, transpose = _PER_LAYER[name]
-            layers = [
-                reader.load(f"model.layers.{i}.{suffix}", shape[1:], transpose, dt)
-                for i in range(config.num_hidden_layers)
-            ]
-            params["layers"][name] = place(np.stack(layers), "layers", name)
+        for i, layer_shapes in enumerate(shapes["layers"]):
+            layer = {}
+            for name, shape in layer_shapes.items():
+                suffix, transpose = _PER_LAYER[name]
+                layer[name] = place(reader.load(f"model.layers.{i}.{suffix}", shape, transpose, dt), "layers", i, name)
+            params["layers"].append(layer)
     return Model(config=config, params=params, dtype=dt, path=path)
 
 
@@ -109,7 +108,7 @@ def _placer(config: LlamaConfig, mesh: Mesh | None) -> Callable[..., jax.Array]:
     check_tp(config, tp_size(mesh))
     shardings = param_shardings(config, mesh)
 
-    def place(array: np.ndarray, *keys: str) -> jax.Array:
+    def place(array: np.ndarray, *keys: str | int) -> jax.Array:
         sharding = shardings
         for key in keys:
             sharding = sharding[key]
@@ -158,10 +157,10 @@ def _to_hf_tensors(config: LlamaConfig, params: Params) -> dict[str, np.ndarray]
         out[name] = np.ascontiguousarray(arr.T if transpose else arr)
 
     put("model.embed_tokens.weight", params["embed"], False)
-    for i in range(config.num_hidden_layers):
-        for name, value in params["layers"].items():
+    for i, layer in enumerate(params["layers"]):
+        for name, value in layer.items():
             suffix, transpose = _PER_LAYER[name]
-            put(f"model.layers.{i}.{suffix}", value[i], transpose)
+            put(f"model.layers.{i}.{suffix}", value, transpose)
     put("model.norm.weight", params["final_norm"], False)
     if not config.tie_word_embeddings:
         put("lm_head.weight", params["lm_head"], True)

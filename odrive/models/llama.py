@@ -1,17 +1,21 @@
 """Pure-functional JAX Llama decoder: dense reference forward and paged (ragged batch) forward.
 
-Params pytree (all ``jnp`` arrays, Linear weights stored ``[in, out]``; per-layer weights stacked on a
-leading ``num_hidden_layers`` axis so the layer loop is one ``lax.scan``: the layer body is traced and
-compiled once, so compile time does not grow with depth)::
+Params pytree (all ``jnp`` arrays, Linear weights stored ``[in, out]``; one dict per layer, each weight its own
+buffer, so a layer's matmuls read their weights in place)::
 
     {"embed": [V, H],
-     "layers": {"attn_norm": [L, H], "wq": [L, H, Hq*D], "wk": [L, H, Hkv*D], "wv": [L, H, Hkv*D],
-                "wo": [L, Hq*D, H], "mlp_norm": [L, H], "w_gate": [L, H, I], "w_up": [L, H, I],
-                "w_down": [L, I, H],
-                "bq": [L, Hq*D], "bk": [L, Hkv*D], "bv": [L, Hkv*D],   # config.qkv_bias (Qwen2)
-                "q_norm": [L, D], "k_norm": [L, D]},                  # config.qk_norm (Qwen3)
+     "layers": [{"attn_norm": [H], "wq": [H, Hq*D], "wk": [H, Hkv*D], "wv": [H, Hkv*D], "wo": [Hq*D, H],
+                 "mlp_norm": [H], "w_gate": [H, I], "w_up": [H, I], "w_down": [I, H],
+                 "bq": [Hq*D], "bk": [Hkv*D], "bv": [Hkv*D],   # config.qkv_bias (Qwen2)
+                 "q_norm": [D], "k_norm": [D]},                # config.qk_norm (Qwen3)
+                ... one per layer],
      "final_norm": [H],
      "lm_head": [H, V]}          # absent when config.tie_word_embeddings (embed.T is used)
+
+The dense reference stacks the layers and runs them as one ``lax.scan`` (compiled once, whatever the depth). The
+paged forward runs one jitted layer step per layer (``paged_layer``; compiled once for all layers, the layer's
+index picks its pages): a scan would slice every layer's weights out of a stacked array, which XLA:CPU copies —
+as many bytes again as the matmuls read.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import DTypeLike, resolve_dtype
-from odrive.models.kv_cache import KVCaches, allocate_kv_caches
+from odrive.models.kv_cache import allocate_kv_caches
 from odrive.models.layers import dense_causal_attention, rms_norm, swiglu_mlp
 from odrive.models.rope import apply_rope, rope_inv_freq
 
@@ -36,44 +40,56 @@ __all__ = [
     "allocate_kv_caches",
     "dense_greedy_generate",
     "forward_dense",
-    "forward_paged",
     "init_params",
+    "layer_param_shapes",
     "make_dense_forward",
-    "make_paged_forward",
     "param_shapes",
+    "stack_layers",
 ]
 
 Params = dict[str, Any]
 _NORMS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm")
 
 
-def param_shapes(config: LlamaConfig) -> dict[str, Any]:
-    """Expected shape of every parameter (same nesting as the params pytree)."""
+def layer_param_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter of one decoder layer."""
     c = config
-    h, i, n = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    h, i = c.hidden_size, c.intermediate_size
     q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    shapes: dict[str, Any] = {
-        "embed": (c.vocab_size, h),
-        "layers": {
-            "attn_norm": (n, h),
-            "wq": (n, h, q),
-            "wk": (n, h, kv),
-            "wv": (n, h, kv),
-            "wo": (n, q, h),
-            "mlp_norm": (n, h),
-            "w_gate": (n, h, i),
-            "w_up": (n, h, i),
-            "w_down": (n, i, h),
-        },
-        "final_norm": (h,),
+    shapes = {
+        "attn_norm": (h,),
+        "wq": (h, q),
+        "wk": (h, kv),
+        "wv": (h, kv),
+        "wo": (q, h),
+        "mlp_norm": (h,),
+        "w_gate": (h, i),
+        "w_up": (h, i),
+        "w_down": (i, h),
     }
     if c.qkv_bias:
-        shapes["layers"].update(bq=(n, q), bk=(n, kv), bv=(n, kv))
+        shapes.update(bq=(q,), bk=(kv,), bv=(kv,))
     if c.qk_norm:
-        shapes["layers"].update(q_norm=(n, c.head_dim), k_norm=(n, c.head_dim))
-    if not c.tie_word_embeddings:
-        shapes["lm_head"] = (h, c.vocab_size)
+        shapes.update(q_norm=(c.head_dim,), k_norm=(c.head_dim,))
     return shapes
+
+
+def param_shapes(config: LlamaConfig) -> dict[str, Any]:
+    """Expected shape of every parameter (same nesting as the params pytree: ``layers`` is a list)."""
+    c = config
+    shapes: dict[str, Any] = {
+        "embed": (c.vocab_size, c.hidden_size),
+        "layers": [layer_param_shapes(c) for _ in range(c.num_hidden_layers)],
+        "final_norm": (c.hidden_size,),
+    }
+    if not c.tie_word_embeddings:
+        shapes["lm_head"] = (c.hidden_size, c.vocab_size)
+    return shapes
+
+
+def stack_layers(layers: Sequence[Params]) -> Params:
+    """The per-layer dicts as one dict of ``[num_layers, ...]`` arrays (for ``lax.scan``)."""
+    return {name: jnp.stack([lp[name] for lp in layers]) for name in layers[0]}
 
 
 def init_params(config: LlamaConfig, key: jax.Array, dtype: DTypeLike = jnp.float32) -> Params:
@@ -83,27 +99,32 @@ def init_params(config: LlamaConfig, key: jax.Array, dtype: DTypeLike = jnp.floa
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init_params(config: LlamaConfig, key: jax.Array, dtype: str) -> Params:
-    # One flat normal draw sliced into leaves: compiles far faster than one RNG op per leaf.
+    # One flat normal draw sliced into leaves: compiles far faster than one RNG op per leaf. Each per-layer
+    # weight is drawn for all layers at once ([L, ...]) and split, so values do not depend on the layout.
+    n = config.num_hidden_layers
     shapes = param_shapes(config)
     flat = sorted(
-        [(("layers", k), s) for k, s in shapes["layers"].items()]
+        [(("layers", k), (n, *s)) for k, s in layer_param_shapes(config).items()]
         + [((k,), s) for k, s in shapes.items() if k != "layers"]
     )
     sizes = [math.prod(s) for _, s in flat]
     noise = jax.random.normal(key, (sum(sizes),), jnp.float32)
-    params: Params = {"layers": {}}
+    params: Params = {"layers": [{} for _ in range(n)]}
     offset = 0
     for (path, shape), size in zip(flat, sizes, strict=True):
         leaf = noise[offset : offset + size].reshape(shape)
         offset += size
-        value = 1.0 + 0.1 * leaf if path[-1] in _NORMS else 0.02 * leaf
-        target = params["layers"] if path[0] == "layers" else params
-        target[path[-1]] = value.astype(dtype)
+        value = (1.0 + 0.1 * leaf if path[-1] in _NORMS else 0.02 * leaf).astype(dtype)
+        if path[0] == "layers":
+            for layer, lp in enumerate(params["layers"]):
+                lp[path[-1]] = value[layer]
+        else:
+            params[path[-1]] = value
     return params
 
 
 # --------------------------------------------------------------------------- shared layer pieces
-def _qkv(lp: Params, x: jax.Array, positions: jax.Array, config: LlamaConfig) -> tuple[jax.Array, ...]:
+def project_qkv(lp: Params, x: jax.Array, positions: jax.Array, config: LlamaConfig) -> tuple[jax.Array, ...]:
     """Pre-norm, project and rotate: ``x [..., H]`` -> q ``[..., Hq, D]``, k/v ``[..., Hkv, D]``.
 
     Qwen2 adds a bias to each projection; Qwen3 RMS-normalises every head of q and k before RoPE.
@@ -128,7 +149,7 @@ def _all_reduce(x: jax.Array, tp_axis: str | None) -> jax.Array:
     return x if tp_axis is None else jax.lax.psum(x, tp_axis)
 
 
-def _attn_out_and_mlp(
+def attention_output_and_mlp(
     lp: Params, x: jax.Array, attn: jax.Array, config: LlamaConfig, tp_axis: str | None = None
 ) -> jax.Array:
     """Output projection + residual, then pre-norm SwiGLU MLP + residual."""
@@ -137,7 +158,7 @@ def _attn_out_and_mlp(
     return x + _all_reduce(swiglu_mlp(h, lp["w_gate"], lp["w_up"], lp["w_down"]), tp_axis)
 
 
-def _logits(params: Params, config: LlamaConfig, x: jax.Array) -> jax.Array:
+def final_logits(params: Params, config: LlamaConfig, x: jax.Array) -> jax.Array:
     """Final norm and LM head; float32 logits ``[..., V]``."""
     x = rms_norm(x, params["final_norm"], config.rms_norm_eps)
     if config.tie_word_embeddings:
@@ -145,7 +166,7 @@ def _logits(params: Params, config: LlamaConfig, x: jax.Array) -> jax.Array:
     return jnp.einsum("...h,hv->...v", x, params["lm_head"], preferred_element_type=jnp.float32)
 
 
-def _sm_scale(config: LlamaConfig) -> float:
+def softmax_scale(config: LlamaConfig) -> float:
     return config.head_dim**-0.5
 
 
@@ -157,12 +178,12 @@ def forward_dense(params: Params, config: LlamaConfig, token_ids: jax.Array) -> 
     x = jnp.take(params["embed"], token_ids, axis=0)
 
     def layer(x: jax.Array, lp: Params) -> tuple[jax.Array, None]:
-        q, k, v = _qkv(lp, x, positions, config)
-        attn = dense_causal_attention(q, k, v, _sm_scale(config), config.sliding_window)
-        return _attn_out_and_mlp(lp, x, attn, config), None
+        q, k, v = project_qkv(lp, x, positions, config)
+        attn = dense_causal_attention(q, k, v, softmax_scale(config), config.sliding_window)
+        return attention_output_and_mlp(lp, x, attn, config), None
 
-    x, _ = jax.lax.scan(layer, x, params["layers"])
-    return _logits(params, config, x)
+    x, _ = jax.lax.scan(layer, x, stack_layers(params["layers"]))
+    return final_logits(params, config, x)
 
 
 @functools.lru_cache(maxsize=32)
@@ -207,102 +228,3 @@ def dense_greedy_generate(
         buf[0, n] = token
         n += 1
     return out
-
-
-# --------------------------------------------------------------------------- paged forward
-def forward_paged(
-    params: Params,
-    config: LlamaConfig,
-    token_ids: jax.Array,
-    positions: jax.Array,
-    kv_caches: KVCaches,
-    slot_mapping: jax.Array,
-    kv_lens: jax.Array,
-    page_indices: jax.Array,
-    cu_q_lens: jax.Array,
-    num_seqs: jax.Array,
-    logits_indices: jax.Array,
-    tp_axis: str | None = None,
-) -> tuple[jax.Array, KVCaches]:
-    """One step over a flat ragged batch (prefill chunks and decodes mixed).
-
-    ``token_ids``/``positions``/``slot_mapping`` are ``[num_tokens]`` (padding rows: slot in null page 0);
-    ``kv_lens``, ``page_indices``, ``cu_q_lens``, ``num_seqs`` follow ``kernels.ragged_paged_attention``
-    with per-layer page ids (see ``odrive.models.kv_cache``). Returns float32 logits for the rows in
-    ``logits_indices [max_seqs]`` and the updated caches.
-
-    ``tp_axis`` names the tensor-parallel mesh axis when this runs per device inside ``shard_map`` on
-    head/column shards of the params and kv-head shards of the caches (``odrive.parallel``): the
-    row-parallel ``wo`` and ``w_down`` outputs are then summed over it. None (default): one device.
-    """
-    # Imported here so the dense path does not depend on the kernels package.
-    from kernels import ragged_paged_attention, write_kv_pages
-
-    k_pool, v_pool = kv_caches
-    n_pages, page_size = k_pool.shape[1] // config.num_hidden_layers, k_pool.shape[2]
-    x = jnp.take(params["embed"], token_ids, axis=0)
-
-    def layer(carry: tuple[jax.Array, ...], xs: tuple[Params, jax.Array]) -> tuple[tuple[jax.Array, ...], None]:
-        x, k_pool, v_pool = carry
-        lp, index = xs
-        q, k, v = _qkv(lp, x, positions, config)
-        k_pool, v_pool = write_kv_pages(
-            k_pool,
-            v_pool,
-            k.astype(k_pool.dtype),
-            v.astype(v_pool.dtype),
-            slot_mapping + index * n_pages * page_size,
-        )
-        attn = ragged_paged_attention(
-            q,
-            k_pool,
-            v_pool,
-            kv_lens,
-            page_indices + index * n_pages,
-            cu_q_lens,
-            num_seqs,
-            sm_scale=_sm_scale(config),
-            sliding_window=config.sliding_window,
-        )
-        return (_attn_out_and_mlp(lp, x, attn, config, tp_axis), k_pool, v_pool), None
-
-    layer_ids = jnp.arange(config.num_hidden_layers, dtype=jnp.int32)
-    (x, k_pool, v_pool), _ = jax.lax.scan(layer, (x, k_pool, v_pool), (params["layers"], layer_ids))
-    return _logits(params, config, x[logits_indices]), (k_pool, v_pool)
-
-
-@functools.lru_cache(maxsize=32)
-def make_paged_forward(config: LlamaConfig) -> Callable[..., tuple[jax.Array, KVCaches]]:
-    """Jitted ``forward_paged`` with ``config`` bound and ``kv_caches`` (arg 3) donated.
-
-    Call as ``fn(params, token_ids, positions, kv_caches, slot_mapping, kv_lens, page_indices,
-    cu_q_lens, num_seqs, logits_indices)``; the passed caches are invalid afterwards.
-    """
-
-    def step(
-        params,
-        token_ids,
-        positions,
-        kv_caches,
-        slot_mapping,
-        kv_lens,
-        page_indices,
-        cu_q_lens,
-        num_seqs,
-        logits_indices,
-    ):
-        return forward_paged(
-            params,
-            config,
-            token_ids,
-            positions,
-            kv_caches,
-            slot_mapping,
-            kv_lens,
-            page_indices,
-            cu_q_lens,
-            num_seqs,
-            logits_indices,
-        )
-
-    return jax.jit(step, donate_argnums=(3,))

@@ -1,9 +1,8 @@
-"""The paged forward on a mesh: ``shard_map`` of ``forward_paged`` over head / column shards."""
+"""The paged forward on a mesh: each layer step in ``shard_map`` over head / column shards."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 from jax.sharding import Mesh
@@ -11,46 +10,36 @@ from jax.sharding import PartitionSpec as P
 
 from odrive.models.config import LlamaConfig
 from odrive.models.kv_cache import KVCaches
-from odrive.models.llama import forward_paged
+from odrive.models.llama import Params
+from odrive.models.paged_forward import PagedBatch, PagedForward, paged_layer
 from odrive.parallel.mesh import TP_AXIS, tp_size
-from odrive.parallel.specs import kv_cache_spec, local_config, logits_spec, param_specs
+from odrive.parallel.specs import kv_cache_spec, layer_param_specs, local_config
 
 
 @functools.lru_cache(maxsize=32)
-def make_sharded_paged_forward(
-    config: LlamaConfig, mesh: Mesh, axis: str = TP_AXIS
-) -> Callable[..., tuple[jax.Array, KVCaches]]:
-    """Jitted tensor-parallel ``forward_paged``: same call as ``make_paged_forward(config)`` —
-    ``fn(params, token_ids, positions, kv_caches, slot_mapping, kv_lens, page_indices, cu_q_lens, num_seqs,
-    logits_indices)`` with ``kv_caches`` donated — taking params from ``shard_params`` and caches from
-    ``shard_kv_caches``/``allocate_sharded_kv_caches``. Batch arrays are replicated; every device runs the
-    attention kernel on its own heads and pages, then the row-parallel matmuls are all-reduced. Logits are
-    returned sharded over the vocabulary when the LM head is vocab-parallel, replicated otherwise.
+def make_sharded_paged_forward(config: LlamaConfig, mesh: Mesh, axis: str = TP_AXIS) -> PagedForward:
+    """Tensor-parallel :class:`PagedForward`: same call as ``make_paged_forward(config)``, taking params from
+    ``shard_params`` and caches from ``shard_kv_caches``/``allocate_sharded_kv_caches``. Batch arrays are
+    replicated; every device runs each layer on its own heads and pages, then the row-parallel matmuls are
+    all-reduced. The embedding and the head run on the sharded arrays as they lie (logits come out sharded over
+    the vocabulary when the LM head is vocab-parallel).
     """
     tp = tp_size(mesh, axis)
     local = local_config(config, tp)
     kv = kv_cache_spec(axis)
 
-    def shard_step(params, token_ids, positions, kv_caches, slot_mapping, kv_lens, page_indices, cu_q_lens,
-                   num_seqs, logits_indices):  # fmt: skip
-        return forward_paged(params, local, token_ids, positions, kv_caches, slot_mapping, kv_lens, page_indices,
-                             cu_q_lens, num_seqs, logits_indices, tp_axis=axis)  # fmt: skip
+    def shard_layer(lp: Params, x: jax.Array, kv_caches: KVCaches, layer: jax.Array, batch: PagedBatch
+                    ) -> tuple[jax.Array, KVCaches]:  # fmt: skip
+        return paged_layer(lp, local, x, kv_caches, layer, batch, tp_axis=axis)
 
     rep = P()
     sharded = jax.shard_map(
-        shard_step,
+        shard_layer,
         mesh=mesh,
-        in_specs=(param_specs(config, tp, axis), rep, rep, (kv, kv), rep, rep, rep, rep, rep, rep),
-        out_specs=(logits_spec(config, tp, axis), (kv, kv)),
+        in_specs=(layer_param_specs(config, axis), rep, (kv, kv), rep, PagedBatch(*(rep,) * len(PagedBatch._fields))),
+        out_specs=(rep, (kv, kv)),
         # The attention kernels' while_loop carries start replicated and become per-device, which the
         # varying-manual-axes type check rejects; the layout above is checked by tests instead.
         check_vma=False,
     )
-
-    def step(params, token_ids, positions, kv_caches, slot_mapping, kv_lens, page_indices, cu_q_lens, num_seqs,
-             logits_indices):  # fmt: skip
-        # shard_map takes positional arguments only; this keeps make_paged_forward's keyword call working.
-        return sharded(params, token_ids, positions, kv_caches, slot_mapping, kv_lens, page_indices, cu_q_lens,
-                       num_seqs, logits_indices)  # fmt: skip
-
-    return jax.jit(step, donate_argnums=(3,))
+    return PagedForward(config, layer_step=jax.jit(sharded, donate_argnums=(2,)))

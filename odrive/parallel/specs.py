@@ -18,9 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 from odrive.models.config import LlamaConfig
 
-_COLUMN = ("wq", "wk", "wv", "w_gate", "w_up")  # [L, in, out]: split out
-_ROW = ("wo", "w_down")  # [L, in, out]: split in
-_COLUMN_BIAS = ("bq", "bk", "bv")  # [L, out]: split with their projection's heads
+_COLUMN = ("wq", "wk", "wv", "w_gate", "w_up")  # [in, out]: split out
+_ROW = ("wo", "w_down")  # [in, out]: split in
+_COLUMN_BIAS = ("bq", "bk", "bv")  # [out]: split with their projection's heads
 
 
 def check_tp(config: LlamaConfig, tp: int) -> None:
@@ -57,16 +57,26 @@ def local_config(config: LlamaConfig, tp: int) -> LlamaConfig:
     )
 
 
-def param_specs(config: LlamaConfig, tp: int, axis: str) -> dict[str, Any]:
-    """A PartitionSpec per parameter, in the params pytree's nesting."""
+def layer_param_specs(config: LlamaConfig, axis: str) -> dict[str, P]:
+    """A PartitionSpec per parameter of one layer."""
     layers = {name: P() for name in ("attn_norm", "mlp_norm")}
-    layers.update({name: P(None, None, axis) for name in _COLUMN})
-    layers.update({name: P(None, axis, None) for name in _ROW})
+    layers.update({name: P(None, axis) for name in _COLUMN})
+    layers.update({name: P(axis, None) for name in _ROW})
     if config.qkv_bias:
-        layers.update({name: P(None, axis) for name in _COLUMN_BIAS})
+        layers.update({name: P(axis) for name in _COLUMN_BIAS})
     if config.qk_norm:
         layers.update(q_norm=P(), k_norm=P())  # over head_dim: every device normalises its own heads
-    specs: dict[str, Any] = {"embed": P(), "layers": layers, "final_norm": P()}
+    return layers
+
+
+def param_specs(config: LlamaConfig, tp: int, axis: str) -> dict[str, Any]:
+    """A PartitionSpec per parameter, in the params pytree's nesting."""
+    layer = layer_param_specs(config, axis)
+    specs: dict[str, Any] = {
+        "embed": P(),
+        "layers": [dict(layer) for _ in range(config.num_hidden_layers)],
+        "final_norm": P(),
+    }
     if not config.tie_word_embeddings:
         specs["lm_head"] = P(None, axis) if vocab_parallel(config, tp) else P()
     return specs

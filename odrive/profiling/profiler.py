@@ -29,10 +29,10 @@ import pandas as pd
 
 from odrive.allocators import make_allocator
 from odrive.executor import SeqChunk
+from odrive.models import init_params, make_paged_forward
 from odrive.models.checkpoint import Model
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import resolve_dtype
-from odrive.models.llama import init_params, make_paged_forward
 from odrive.profiling.features import EngineGeometry, format_lens, step_features
 from odrive.profiling.grid import GridPoint, ProfileGrid
 from odrive.profiling.pinning import current_pinning

@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
-from odrive.models.llama import make_paged_forward
+from odrive.models.paged_forward import PagedBatch, make_paged_forward
 from odrive.runtime.batch_builder import BatchBuilder
 from odrive.runtime.kv_swap import HostKVStore
-from odrive.runtime.sampler import sample_tokens, stream_seed
+from odrive.runtime.sampler import make_greedy_head, make_sampling_head, stream_seed
 
 
 class JaxExecutor(Executor):
@@ -39,6 +39,9 @@ class JaxExecutor(Executor):
                                                         kv_dtype or model.dtype)
             self._forward = make_sharded_paged_forward(model.config, mesh)
         self.host_kv = HostKVStore(model.config.num_hidden_layers, num_pages)
+        self._head_params = {k: v for k, v in self.model.params.items() if k != "layers"}
+        self._greedy = make_greedy_head(model.config)
+        self._sample = make_sampling_head(model.config)
 
     def swap(self, ops: SwapOps) -> float:
         t0 = time.perf_counter()
@@ -55,15 +58,22 @@ class JaxExecutor(Executor):
         self.host_kv.discard(request_id)
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
+        """Run the step's layers, then sample inside the same jitted head (only token ids come back)."""
         t0 = time.perf_counter()
         x = self.builder.build(batch)
-        logits, self.kv_caches = self._forward(
-            self.model.params, jnp.asarray(x.token_ids), jnp.asarray(x.positions), self.kv_caches,
-            jnp.asarray(x.slot_mapping), jnp.asarray(x.kv_lens), jnp.asarray(x.page_indices),
-            jnp.asarray(x.cu_q_lens), jnp.asarray(x.num_seqs), jnp.asarray(x.logits_indices),
+        token_ids, logits_indices, *arrays = jax.device_put(
+            (x.token_ids, x.logits_indices, x.positions, x.slot_mapping, x.kv_lens, x.page_indices, x.cu_q_lens,
+             x.num_seqs)
         )  # fmt: skip
+        hidden, self.kv_caches = self._forward.hidden(self.model.params, token_ids, self.kv_caches, PagedBatch(*arrays))
         sampled: dict[str, int] = {}
-        if x.sample_rows:
+        if not x.sample_rows:  # a chunk that samples nothing: still wait, so its time is charged to this step
+            hidden.block_until_ready()
+            return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)
+        requests = [batch[row].request for row in x.sample_rows]
+        if all(r.sampling_params.temperature == 0.0 for r in requests):
+            tokens = np.asarray(self._greedy(self._head_params, hidden, logits_indices))
+        else:
             s_pad = len(x.logits_indices)
             temperature = np.zeros(s_pad, np.float32)
             top_k = np.zeros(s_pad, np.int32)
@@ -71,16 +81,15 @@ class JaxExecutor(Executor):
             seeds = np.zeros(s_pad, np.uint32)
             steps = np.zeros(s_pad, np.uint32)
             vocab = self.model.config.vocab_size
-            for row in x.sample_rows:
-                req = batch[row].request
+            for row, req in zip(x.sample_rows, requests, strict=True):
                 sp = req.sampling_params
                 temperature[row], top_k[row], top_p[row] = sp.temperature, min(sp.top_k, vocab), sp.top_p
                 seeds[row] = stream_seed(self.seed, sp.seed, req.request_id)
                 steps[row] = req.num_output_tokens
-            tokens = np.asarray(sample_tokens(logits, jnp.asarray(temperature), jnp.asarray(top_k),
-                                              jnp.asarray(top_p), jnp.asarray(seeds), jnp.asarray(steps)))
-            for row in x.sample_rows:
-                sampled[batch[row].request_id] = int(tokens[row])
-        else:  # a chunk that samples nothing: still wait, so its time is charged to this step
-            logits.block_until_ready()
+            tokens = np.asarray(
+                self._sample(self._head_params, hidden, logits_indices, *jax.device_put((temperature, top_k, top_p,
+                                                                                         seeds, steps)))
+            )  # fmt: skip
+        for row, req in zip(x.sample_rows, requests, strict=True):
+            sampled[req.request_id] = int(tokens[row])
         return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from odrive.models.config import LlamaConfig
+from odrive.models.llama import final_logits
 
 
 def _sample_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
@@ -46,3 +52,26 @@ def stream_seed(engine_seed: int, request_seed: int | None, request_id: str) -> 
     if request_seed is not None:
         return request_seed & 0x7FFFFFFF
     return zlib.crc32(request_id.encode(), engine_seed & 0xFFFFFFFF) & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=32)
+def make_greedy_head(config: LlamaConfig) -> Callable[..., jax.Array]:
+    """Jitted ``(head_params, hidden, logits_indices) -> argmax token ids``: final norm, LM head and argmax in one
+    call, so only the token ids leave the device."""
+
+    def greedy(head_params: dict[str, Any], hidden: jax.Array, logits_indices: jax.Array) -> jax.Array:
+        return jnp.argmax(final_logits(head_params, config, hidden[logits_indices]), axis=-1).astype(jnp.int32)
+
+    return jax.jit(greedy)
+
+
+@functools.lru_cache(maxsize=32)
+def make_sampling_head(config: LlamaConfig) -> Callable[..., jax.Array]:
+    """Jitted ``(head_params, hidden, logits_indices, temperature, top_k, top_p, seeds, steps) -> token ids``: the LM
+    head and :func:`sample_tokens` in one call."""
+
+    def sample(head_params: dict[str, Any], hidden: jax.Array, logits_indices: jax.Array, *rows: jax.Array
+               ) -> jax.Array:  # fmt: skip
+        return sample_tokens(final_logits(head_params, config, hidden[logits_indices]), *rows)
+
+    return jax.jit(sample)

@@ -407,3 +407,18 @@ def test_a_request_is_hashed_once_across_failed_admissions_and_preemption(monkey
     other = PrefixCacheAllocator(4, 4)  # another page size: the kept keys do not apply
     other.match_prefix(req, req.num_tokens - 1)
     assert len(calls) == 9 + 4 and req.block_hashes[0] == 4
+
+
+def test_numpy_prompts_hash_as_lists_do() -> None:
+    ids = np.random.default_rng(0).integers(0, 32000, 70).astype(np.int32)
+    as_array = Request("a", 70, PARAMS, prompt_token_ids=ids)
+    as_list = make_request("b", ids.tolist())
+    for req in (as_array, as_list):
+        req.output_token_ids.extend([5, 6, 7, 8, 9, 10])  # the last blocks span prompt and outputs
+    hashed = extend_block_hashes([], as_array, 3, 16)  # part now, the rest later: the chain continues
+    extend_block_hashes(hashed, as_array, 99, 16)
+    assert hashed == extend_block_hashes([], as_list, 99, 16) and len(hashed) == 76 // 16
+    parent = ROOT_HASH
+    for i in range(len(hashed)):
+        parent = hash_block(parent, (ids.tolist() + [5, 6, 7, 8, 9, 10])[16 * i : 16 * (i + 1)])
+        assert hashed[i] == parent

@@ -7,6 +7,7 @@ server's dependencies) and bind the fixtures to module names: ``surge, server = 
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,22 @@ def serving_fixtures(model: str, vsurge_name: str, limits: ServerLimits | None =
             yield srv
 
     return surge, server
+
+
+WORDS = ("the engine keeps a pool of pages for attention cache when request arrives scheduler decides whether "
+         "its prompt fits in free small models are useful for tests because they run quickly").split()  # fmt: skip
+
+
+def mixed_requests(n: int, seed: int, max_new_tokens: int = 10) -> list[dict]:
+    """Request specs for load tests: every third a chat, every other streamed, 2-8 word prompts, 2 to
+    ``max_new_tokens`` new tokens."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
+        out.append({"chat": i % 3 == 0, "stream": i % 2 == 0, "text": text,
+                    "max_tokens": rng.randint(2, max_new_tokens)})  # fmt: skip
+    return out
 
 
 def all_pages_free(surge: odrive.vSurge) -> bool:

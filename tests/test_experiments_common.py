@@ -27,8 +27,10 @@ def test_policy_label_and_trace_spec() -> None:
     assert spec.startswith("trace:") and spec.endswith("azure_code_2023.csv?time_scale=0.5")
 
 
-def test_replot_without_a_saved_table_says_so(tmp_path) -> None:
+def test_replot_without_a_saved_table_says_so(tmp_path, capsys) -> None:
     from experiments import preemption
 
+    assert preemption.main(["--out", str(tmp_path), "--replot"]) == 1  # one line on stderr, exit status 1
+    assert capsys.readouterr().err.endswith("run the experiment without --replot first\n")
     with pytest.raises(common.ExperimentError, match="without --replot first"):
-        preemption.main(["--out", str(tmp_path), "--replot"])
+        preemption.main(["--out", str(tmp_path), "--replot", "--debug"])

@@ -269,8 +269,10 @@ def test_odrive_sim_cli_passes_latency_model_options(tmp_path) -> None:
     durations = [float(pd.read_csv(tmp_path / run / "summary.csv", index_col=0)["value"]["duration_s"])
                  for run in ("as_profiled", "twice_as_fast")]  # fmt: skip
     assert durations[1] == pytest.approx(durations[0] / 2, rel=0.05)  # arrivals within 40 ms: busy time halves
+    bad = [*base, "--latency-arg", "warp=9", "--out", str(tmp_path / "bad")]
+    assert main(bad) == 2  # a user error: one line on stderr (tests/test_cli_errors.py)
     with pytest.raises(ConfigError, match="latency model 'calibrated' rejected options.*warp"):
-        main([*base, "--latency-arg", "warp=9", "--out", str(tmp_path / "bad")])
+        main([*bad, "--debug"])
 
 
 # --- the simulator builds the exact executor (LatencyModel.make_executor) ------------------------------------

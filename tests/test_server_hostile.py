@@ -16,7 +16,7 @@ httpx = pytest.importorskip("httpx")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from server_fixtures import all_pages_free, run_concurrently, serving_fixtures  # noqa: E402
+from server_fixtures import all_pages_free, mixed_requests, run_concurrently, serving_fixtures  # noqa: E402
 
 from odrive.sampling_params import SamplingParams  # noqa: E402
 from odrive.server.limits import ServerLimits  # noqa: E402
@@ -202,18 +202,6 @@ def test_after_the_generated_bodies_the_engine_answers_a_known_request_identical
 
 
 # --- load with hostile bodies mixed in --------------------------------------------------------------------
-WORDS = "the engine keeps a pool of pages for attention cache when request arrives scheduler decides".split()
-
-
-def good_requests(n: int, seed: int = 1) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7)))
-        out.append({"chat": i % 3 == 0, "stream": i % 2 == 1, "text": text, "max_tokens": rng.randint(2, 8)})
-    return out
-
-
 async def send_good(client: httpx.AsyncClient, spec: dict) -> tuple[str, str | None]:
     body: dict = {"model": MODEL, "max_tokens": spec["max_tokens"], "temperature": 0, "stream": spec["stream"]}
     if spec["chat"]:
@@ -259,7 +247,7 @@ async def mixed_load(url: str, jobs: list[tuple[str, object]], concurrency: int)
 
 
 def test_load_with_hostile_bodies_mixed_in_matches_the_quiet_run(server, surge):
-    good = good_requests(60)
+    good = mixed_requests(60, seed=1, max_new_tokens=8)
     hostile = [ISSUE_CASES[i % len(ISSUE_CASES)] for i in range(40)]
     jobs: list[tuple[str, object]] = [("good", g) for g in good] + [("hostile", h) for h in hostile]
     random.Random(7).shuffle(jobs)

@@ -5,7 +5,6 @@ and every KV page is free afterwards."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
@@ -14,15 +13,13 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from server_fixtures import run_concurrently, serving_fixtures  # noqa: E402
+from server_fixtures import mixed_requests, run_concurrently, serving_fixtures  # noqa: E402
 
 from odrive.sampling_params import SamplingParams  # noqa: E402
 
 MODEL = "tiny-load"
 NUM_REQUESTS = 200
 CONCURRENCY = 32
-WORDS = ("the engine keeps a pool of pages for attention cache when request arrives scheduler decides whether "
-         "its prompt fits in free small models are useful for tests because they run quickly").split()  # fmt: skip
 
 
 surge, server = serving_fixtures(MODEL, "load")
@@ -30,12 +27,7 @@ surge, server = serving_fixtures(MODEL, "load")
 
 def workload(seed: int = 0) -> list[dict]:
     """Mixed requests: completion or chat, streamed or not, 2-8 word prompts, 2-10 new tokens."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(NUM_REQUESTS):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
-        out.append({"chat": i % 3 == 0, "stream": i % 2 == 0, "text": text, "max_tokens": rng.randint(2, 10)})
-    return out
+    return mixed_requests(NUM_REQUESTS, seed)
 
 
 async def send(client, spec: dict) -> tuple[str, str | None, int | None]:

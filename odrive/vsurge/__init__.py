@@ -4,4 +4,12 @@ from odrive.vsurge.driver import EngineFailure, create_odriver, vSurge
 from odrive.vsurge.handle import RequestHandle
 from odrive.vsurge.results import GenerationResult, RequestMetrics, StreamDelta
 
-__all__ = ["GenerationResult", "RequestHandle", "RequestMetrics", "StreamDelta", "create_odriver", "vSurge"]
+__all__ = [
+    "EngineFailure",
+    "GenerationResult",
+    "RequestHandle",
+    "RequestMetrics",
+    "StreamDelta",
+    "create_odriver",
+    "vSurge",
+]

@@ -149,3 +149,18 @@ def test_search_cli(tmp_path, capsys) -> None:
     grid.write_text("grid:\n  replicas: [1]\n")
     assert search_main(args) == 2
     assert "names no workload" in capsys.readouterr().err
+
+
+def test_search_runs_on_a_dask_cluster(tmp_path) -> None:
+    distributed = pytest.importorskip("distributed")
+    specs = [ClusterSpec(CFG, replicas=1)]
+    slo = SLO.parse("ttft_p99=1000")
+    tiny = WORKLOAD.replace("n=300", "n=60")
+    local = run_search(specs, tiny, slo, workers=1, progress=False)
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    )
+    with cluster, distributed.Client(cluster) as client:
+        on_dask = run_search(specs, tiny, slo, client=client, cache_dir=tmp_path, progress=False)
+    assert on_dask["runs_simulated"].iloc[0] > 0  # it really ran there
+    assert on_dask["capacity_rps"].iloc[0] == local["capacity_rps"].iloc[0]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import simpy
 
 from odrive.request import Request, RequestStatus
 from odrive.sampling_params import SamplingParams
@@ -29,6 +30,7 @@ from sim.cluster.handoff_bounds import BoundGroup
 from sim.cluster.kv_link import KVLink, KVLinkConfig
 from sim.cluster.routers import Router
 from sim.cluster.routers.base import check_choice
+from sim.workloads.request import Workload
 
 if TYPE_CHECKING:
     from sim.cluster.disaggregated_replicas import DecodeReplica, PrefillReplica
@@ -87,7 +89,8 @@ class Handoff:
     """Owns the events, the links and the decode replicas' admission credits of a disaggregated cluster."""
 
     def __init__(
-        self, env: object, workload: object, prefill: Sequence[PrefillReplica], decode: Sequence[DecodeReplica],
+        self, env: simpy.Environment, workload: Workload, prefill: Sequence[PrefillReplica],
+        decode: Sequence[DecodeReplica],
         link: KVLinkConfig, kv_bytes_per_token: int, decode_router: Router, decode_plan: np.ndarray | None,
         groups: Sequence[BoundGroup],
     ) -> None:  # fmt: skip
@@ -99,13 +102,13 @@ class Handoff:
         self.router, self.plan = decode_router, decode_plan
         self.views = DecodeViews(decode)
         self.groups = groups
-        n = len(workload.arrival_times)  # type: ignore[attr-defined]
+        n = len(workload)
         # Python lists: indexed one request at a time, they are much cheaper than numpy arrays.
-        self.times: list[float] = workload.arrival_times.tolist()  # type: ignore[attr-defined]
-        self.prompts: list[int] = workload.prompt_lens.tolist()  # type: ignore[attr-defined]
-        self.outputs: list[int] = workload.output_lens.tolist()  # type: ignore[attr-defined]
-        self.priorities = workload.priorities  # type: ignore[attr-defined]
-        self.token_ids = getattr(workload, "prompt_token_ids", None)
+        self.times: list[float] = workload.arrival_times.tolist()
+        self.prompts: list[int] = workload.prompt_lens.tolist()
+        self.outputs: list[int] = workload.output_lens.tolist()
+        self.priorities = workload.priorities
+        self.token_ids = workload.prompt_token_ids
         self.records = HandoffRecords.empty(n)
         self.handed = bytearray(n)  # prefill ended: routed to a decode replica (or never coming)
         self.events: list[tuple[float, int, int, int]] = []
@@ -131,14 +134,14 @@ class Handoff:
             self._armed_at = time
             self._token += 1
             token = self._token
-            timer = self.env.timeout(max(0.0, time - self.env.now))  # type: ignore[attr-defined]
+            timer = self.env.timeout(max(0.0, time - self.env.now))
             timer.callbacks.append(lambda _event, token=token: self._on_timer(token))
 
     def _on_timer(self, token: int) -> None:
         if token != self._token:  # superseded by an earlier timer, which re-arms for what is left
             return
         self._armed_at = math.inf
-        self.advance(self.env.now)  # type: ignore[attr-defined]
+        self.advance(self.env.now)
         if self.events:
             self._arm(self.events[0][0])
 

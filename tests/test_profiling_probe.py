@@ -78,5 +78,7 @@ def test_a_probe_of_another_model_than_the_profiled_one_is_refused(tmp_path) -> 
     wider = dataclasses.replace(TINY_BENCH, intermediate_size=1024)
     save_model(tiny_bench_model(config=wider), tmp_path / "wider")
     profile = PROFILE_DIR / "cpu-tiny-bench-f32.csv"
+    argv = ["probe", "--model", str(tmp_path / "wider"), "--profile", str(profile), "--pin-cores", "no"]
+    assert main(argv) == 2  # one line on stderr
     with pytest.raises(ValueError, match="measured on tiny-bench.*intermediate_size: 1024 vs 512"):
-        main(["probe", "--model", str(tmp_path / "wider"), "--profile", str(profile), "--pin-cores", "no"])
+        main([*argv, "--debug"])

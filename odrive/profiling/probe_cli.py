@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from odrive.cli_errors import user_input
 from odrive.profiling.pinning import PIN_MODES, pin_as_profiled
 from odrive.profiling.profile import Profile
 
@@ -70,7 +71,8 @@ def probe_machine(profile: Profile, args: argparse.Namespace) -> dict:
         from odrive.models.checkpoint import load_model
 
         model = load_model(args.model, dtype=dtype)
-    check_model_matches(profile, ModelSpec.from_hf_config(model.config.to_hf_dict(), name=str(args.model or "")))
+    with user_input("--profile"):  # another model than the profiled one: the user's mistake, one line
+        check_model_matches(profile, ModelSpec.from_hf_config(model.config.to_hf_dict(), name=str(args.model or "")))
     page_size = args.page_size or int(profile.meta["page_sizes"][0])
     surge = vSurge.create_odriver(
         model=model, max_prefill_length=args.max_prefill_length, page_size=page_size, max_concurrent_prefill=1,

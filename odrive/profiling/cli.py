@@ -13,7 +13,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="HF-format Llama checkpoint directory")
+    src.add_argument("--model", type=Path, help="checkpoint directory, GGUF file or packaged model name")
     src.add_argument(
         "--tiny-bench",
         action="store_true",

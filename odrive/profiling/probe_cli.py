@@ -18,7 +18,7 @@ from odrive.profiling.profile import Profile
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="HF-format Llama checkpoint directory (the profiled model)")
+    src.add_argument("--model", type=Path, help="checkpoint folder, GGUF file or packaged name (the profiled model)")
     src.add_argument("--tiny-bench", action="store_true", help="the tiny benchmark model the profile was measured on")
     p.add_argument("--profile", type=Path, required=True, help="the profile the speeds are relative to")
     p.add_argument("--probes", type=int, default=5, help="probe runs (the median speed is kept; ~1 s each)")

@@ -22,8 +22,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="HF-format Llama checkpoint directory")
-    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory (default: --model)")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint directory, GGUF file or packaged model name")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory or model (default: --model)")
     p.add_argument("--served-model-name", default=None, help="the name clients use (default: the folder name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -41,14 +42,15 @@ PAGE, PAGES, MAX_PREFILL, DECODES = 16, 32, 32, 4
 N, LOAD = 24, 0.5
 LENGTHS = "prompt=uniform(8,32),output=uniform(8,24)"
 # Percent: (real - sim) / sim of the medians. Measured with this configuration on the shared 2-core machine while
-# other users' jobs kept its load average at 5.7 and 7.7 (the engine ran 5x and 11x slower than when the profile
-# was measured): E2E -6 % and +38 %, TPOT -4 % and +14 %, ITL -14 % and +40 %, TTFT +46 % and +212 % (tens of ms,
-# of which HTTP and the client, a second process on the same two cores, take a share that grows with the load),
-# throughput within 3 % (below saturation both serve the offered load: the bound checks that both count the same
-# duration). The bounds hold at that load; a quiet machine does much better (see the README).
+# other users' jobs kept its load average at 6-15 (the engine ran 10-14x slower than when the profile was measured):
+# E2E +14 % to +38 %, TPOT -0.5 % to +14 %, ITL -26 % to +40 %, throughput within 3.3 % (below saturation both serve
+# the offered load: the bound checks that both count the same duration), the engine's own TTFT -14 % from the
+# simulator's; the client's TTFT adds HTTP, SSE and a second process on the same cores: 109 ms at load 10 (at load 15
+# the client's median TTFT was 4.5x the simulator's). The bounds hold at that load; a quiet machine does much better.
 E2E_MEDIAN = 50.0
 TPOT_MEDIAN = 50.0
-TTFT_MEDIAN = 250.0
+TTFT_MEDIAN = 60.0  # the engine's own TTFT vs the simulator's
+HTTP_OVERHEAD_MS = 1000.0  # what the client's median TTFT may add to the engine's
 THROUGHPUT = 10.0
 
 
@@ -117,7 +119,10 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory) -> dict:
         warm = bench(server.url, f"poisson:rate=1000,n={N},{LENGTHS}", tmp / "warm", "--warmup", str(N))
         spec = f"poisson:rate={LOAD * warm['request_throughput']:.4f},n={N},{LENGTHS}"
         log.clear()
+        start = time.perf_counter()  # the engine's clock: its requests from here on are the measured run's
         real = bench(server.url, spec, tmp / "bench", "--metric-percentiles", "50,90")
+    rows = surge.engine.metrics.requests_frame()
+    engine_ttft = rows.loc[rows["arrival_time"] >= start, "ttft"].to_numpy()
     surge.stop()
     geometry = EngineGeometry.for_engine(sim_config().scheduler_config(), PAGE, 2 * MAX_PREFILL)
     decode, prefill = log.speeds(CalibratedLatencyModel(Profile.load(PROFILE), page_size=PAGE), geometry)
@@ -127,7 +132,8 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory) -> dict:
                         "--latency-arg", f"speed={decode}", "--latency-arg", f"prefill_speed={prefill}",
                         "--metric-percentiles", "50,90", "--out", str(tmp / "sim"), "--no-progress"]) == 0  # fmt: skip
     sim = json.loads((tmp / "sim" / "results.json").read_text())
-    return {"sim": sim, "bench": real, "dir": tmp, "speeds": (decode, prefill), "spec": spec}
+    return {"sim": sim, "bench": real, "dir": tmp, "speeds": (decode, prefill), "spec": spec,
+            "engine_ttft": engine_ttft}  # fmt: skip
 
 
 def test_both_sides_served_the_same_requests(round_trip: dict) -> None:
@@ -152,7 +158,17 @@ def test_sim_and_real_agree_within_the_sim_to_real_bounds(round_trip: dict) -> N
     assert abs(errors["median_e2el_ms"]) < E2E_MEDIAN, report
     assert abs(errors["median_tpot_ms"]) < TPOT_MEDIAN, report
     assert abs(errors["median_itl_ms"]) < TPOT_MEDIAN, report
-    assert abs(errors["median_ttft_ms"]) < TTFT_MEDIAN, report
+
+
+def test_ttft_is_the_engines_plus_what_http_adds(round_trip: dict) -> None:
+    # The engine's own TTFT (from when it got the request to the step that made the token) against the simulator's;
+    # what the client sees on top of it is HTTP, SSE and a second process on the same cores.
+    engine = 1000 * float(np.median(round_trip["engine_ttft"]))
+    sim, client = round_trip["sim"]["median_ttft_ms"], round_trip["bench"]["median_ttft_ms"]
+    print(f"median TTFT: simulated {sim:.1f} ms, engine {engine:.1f} ms, client {client:.1f} ms")
+    assert len(round_trip["engine_ttft"]) == N
+    assert abs(engine / sim - 1) < TTFT_MEDIAN / 100, (sim, engine, client)
+    assert 0 <= client - engine < HTTP_OVERHEAD_MS, (sim, engine, client)
 
 
 def test_compare_prints_the_two_runs(round_trip: dict, capsys: pytest.CaptureFixture[str]) -> None:

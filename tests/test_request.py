@@ -94,7 +94,7 @@ def test_status_is_done(status: RequestStatus, done: bool) -> None:
 
 def test_enum_values_are_the_frame_strings() -> None:
     assert [s.value for s in RequestStatus] == ["waiting", "running", "preempted", "finished", "aborted"]
-    assert [f.value for f in FinishReason] == ["length", "stop", "aborted", "rejected"]
+    assert [f.value for f in FinishReason] == ["length", "stop", "aborted", "rejected", "error"]
 
 
 def test_requests_compare_by_identity() -> None:

@@ -11,8 +11,8 @@ prompt blocks repeat (``python -m experiments.prefix_caching --trace mooncake``)
    prompt starts with the same 512-token block, so a shorter key sends everything to one replica): hit rate,
    TTFT p50/p99 and load balance.
 
-Without ``--full`` a slice of the trace (seconds to a minute); ``--full`` the whole hour (about half an hour on
-2 cores). Tables ``pool.csv`` and ``cluster.csv`` and the figure ``prefix_caching_mooncake.png`` go to ``--out``.
+Without ``--full`` a slice of the trace (a minute or two); ``--full`` the whole hour (about 50 minutes on 2 busy
+cores). Tables ``pool.csv`` and ``cluster.csv`` and the figure ``prefix_caching_mooncake.png`` go to ``--out``.
 """
 
 from __future__ import annotations
@@ -155,7 +155,10 @@ def plot(pool: pd.DataFrame, cluster: pd.DataFrame, share: float, path: Path, pu
         log_ticks(ax, pools)
         ax.set_xticks(pools, [f"{p / 2**20:g}M" if p >= 2**20 else f"{p // 1024}k" for p in pools])
         ax.legend(fontsize=8)
-    plain_log_labels(ttft)
+    lows = pool[["ttft_p50", "ttft_p99"]].to_numpy()
+    ticks = [t for t in (0.5, 1, 2, 3, 5, 10, 20, 30, 50, 100) if lows.min() / 1.5 <= t <= lows.max() * 1.5]
+    ttft.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ttft.yaxis.set_minor_formatter(plt.NullFormatter())
     x = np.arange(len(cluster))
     routers.bar(x - 0.2, 100 * cluster["cached_token_fraction"], 0.4, color="tab:blue", label="hit rate (%)")
     twin = routers.twinx()

@@ -3,13 +3,23 @@ and a regression guard on the held-out error recorded in the shipped profile."""
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from odrive.executor import SeqChunk
-from odrive.profiling.features import EngineGeometry, step_features
+from odrive.profiling.features import (
+    DECODE_KV_BLOCK_TOKENS,
+    FEATURE_COLUMNS,
+    KV_BLOCK_TOKENS,
+    Q_BLOCK,
+    EngineGeometry,
+    decode_run_features,
+    step_features,
+)
 from odrive.profiling.fit import fit_profile
 from odrive.profiling.profile import PROFILE_DIR, Profile
 from odrive.request import Request
@@ -113,11 +123,32 @@ def test_a_speed_that_is_not_a_positive_number_is_refused(model: CalibratedLaten
 
 def test_features_follow_the_kernel_and_the_buckets() -> None:
     geo = EngineGeometry(16, (8, 16, 32, 64, 128, 256), (1, 2, 4, 8, 16), pages_per_seq=32)
-    f = step_features([1, 1, 1], [10, 300, 40], geo)
-    assert (f.padded_tokens, f.padded_seqs, f.decode_blocks, f.decode_kv_slots) == (8, 4, 2, 4 * 2 * 256)
-    f = step_features([200], [456], geo)  # 256 cached + a 200-token chunk: tiles of 128 rows
+    f = step_features([1, 1, 1], [10, 300, 40], geo)  # the decode pass reads 64-token blocks: 300 -> 5 trips
+    assert (f.padded_tokens, f.padded_seqs, f.decode_blocks, f.decode_kv_slots) == (8, 4, 5, 4 * 5 * 64)
+    f = step_features([200], [456], geo)  # 256 cached + a 200-token chunk: tiles of 128 rows over 256-token blocks
     assert (f.padded_tokens, f.prefill_tiles, f.prefill_blocks) == (256, 2, 1 + 1 + 1 + 1)
     assert geo.block_tokens == 256 and EngineGeometry(64, (8,), (1,), pages_per_seq=2).block_tokens == 128
+    assert geo.decode_block_tokens == 64 and EngineGeometry(128, (8,), (1,), pages_per_seq=4).decode_block_tokens == 128
+    run = decode_run_features([10, 300, 40], 70, geo)  # contexts 300 .. 369: 5 trips until 320, then 6
+    col = FEATURE_COLUMNS.index
+    assert run[20, col("decode_blocks")] == 5 and run[21, col("decode_blocks")] == 6
+    assert run[21, col("decode_kv_slots")] == 4 * 6 * 64
+
+
+def test_the_geometry_tiles_attention_as_the_kernel_does() -> None:
+    # The decode features are the blocked kernel's loop trips: its default tile sizes must be the geometry's.
+    from kernels.blocked import ragged_paged_attention_blocked
+
+    defaults = inspect.signature(ragged_paged_attention_blocked).parameters
+    kernel = tuple(defaults[k].default for k in ("kv_block_tokens", "q_block", "decode_kv_block_tokens"))
+    assert EngineGeometry(16, (8,), (1,), pages_per_seq=4).tiling == kernel == (KV_BLOCK_TOKENS, Q_BLOCK,
+                                                                                 DECODE_KV_BLOCK_TOKENS)
+    # A geometry saved before the decode pass had its own block read KV 256 tokens at a time in both passes.
+    old = {"page_size": 16, "token_buckets": [8], "seq_buckets": [1], "pages_per_seq": 4, "kv_block_tokens": 256,
+           "q_block": 128}  # fmt: skip
+    assert EngineGeometry.from_dict(old).decode_kv_block_tokens == 256
+    geo = EngineGeometry(16, (8,), (1,), pages_per_seq=4)
+    assert EngineGeometry.from_dict(geo.to_dict()) == geo
 
 
 def _chunk(rid: str, q: int, kv: int, page_size: int) -> SeqChunk:

@@ -15,7 +15,11 @@ import numpy as np
 from odrive.runtime.batch_builder import BatchBuilder, power_of_two_buckets
 from odrive.schedulers.config import SchedulerConfig
 
-KV_BLOCK_TOKENS = 256  # ragged_paged_attention_blocked defaults (the CPU attention implementation)
+# ragged_paged_attention_blocked's defaults (the CPU attention implementation): prefill tiles of Q_BLOCK query rows
+# read KV_BLOCK_TOKENS at a time, the decode pass DECODE_KV_BLOCK_TOKENS (tests/test_latency_calibrated.py checks
+# they equal the kernel's).
+KV_BLOCK_TOKENS = 256
+DECODE_KV_BLOCK_TOKENS = 64
 Q_BLOCK = 128
 
 
@@ -29,6 +33,7 @@ class EngineGeometry:
     pages_per_seq: int
     kv_block_tokens: int = KV_BLOCK_TOKENS
     q_block: int = Q_BLOCK
+    decode_kv_block_tokens: int = DECODE_KV_BLOCK_TOKENS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token_buckets", tuple(sorted({int(b) for b in self.token_buckets})))
@@ -52,11 +57,18 @@ class EngineGeometry:
     def of_builder(cls, builder: BatchBuilder) -> EngineGeometry:
         return cls(builder.page_size, builder.token_buckets, builder.seq_buckets, builder.pages_per_seq)
 
+    def _whole_pages(self, tokens: int) -> int:
+        return max(1, min(self.pages_per_seq, tokens // self.page_size)) * self.page_size
+
     @property
     def block_tokens(self) -> int:
-        """KV tokens one attention loop iteration reads per sequence."""
-        pages_per_block = max(1, min(self.pages_per_seq, self.kv_block_tokens // self.page_size))
-        return pages_per_block * self.page_size
+        """KV tokens one iteration of the prefill pass reads per query tile."""
+        return self._whole_pages(self.kv_block_tokens)
+
+    @property
+    def decode_block_tokens(self) -> int:
+        """KV tokens one iteration of the decode pass reads per sequence."""
+        return self._whole_pages(self.decode_kv_block_tokens)
 
     def padded_tokens(self, n: int) -> int:
         """``BatchBuilder``'s token bucket for ``n`` tokens (``n`` itself past the largest bucket)."""
@@ -74,8 +86,16 @@ class EngineGeometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineGeometry:
+        """The inverse of :meth:`to_dict`. A geometry saved before the decode pass had its own block size used the
+        prefill block for both (as the kernel then did)."""
         names = {f.name for f in fields(cls)}
+        d = {"decode_kv_block_tokens": d.get("kv_block_tokens", KV_BLOCK_TOKENS), **d}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
+    @property
+    def tiling(self) -> tuple[int, int, int]:
+        """(prefill KV block, query tile, decode KV block) in tokens, as the kernel is called."""
+        return self.kv_block_tokens, self.q_block, self.decode_kv_block_tokens
 
 
 @dataclass(frozen=True)
@@ -84,8 +104,9 @@ class StepFeatures:
 
     - ``padded_tokens`` / ``padded_seqs``: BatchBuilder's buckets (matmuls run on every padded row; the LM
       head and sampler on every padded sequence).
-    - ``decode_blocks``: trip count of the decode pass (longest decode context / block); every one of the
-      ``padded_seqs`` rows gathers a block per trip, so ``decode_kv_slots = padded_seqs x blocks x block``.
+    - ``decode_blocks``: trip count of the decode pass (longest decode context / its block,
+      ``EngineGeometry.decode_block_tokens``); every one of the ``padded_seqs`` rows gathers a block per trip, so
+      ``decode_kv_slots = padded_seqs x blocks x decode block``.
     - ``prefill_blocks``: trip counts of the prefill pass summed over query tiles; each trip reads one KV
       block for ``q_block`` query rows: ``prefill_kv_slots = prefill_blocks x q_block x block``.
     """
@@ -115,7 +136,7 @@ def step_features(q_lens: Sequence[int], kv_lens: Sequence[int], geometry: Engin
     included) is ``kv_lens[i]``. A single-token chunk goes through the kernel's decode pass."""
     if len(q_lens) != len(kv_lens) or not q_lens:
         raise ValueError(f"need equal, non-empty q_lens and kv_lens, got {len(q_lens)} and {len(kv_lens)}")
-    block = geometry.block_tokens
+    block, decode_block = geometry.block_tokens, geometry.decode_block_tokens
     num_tokens = int(sum(q_lens))
     padded_tokens = geometry.padded_tokens(num_tokens)
     q_block = max(1, min(geometry.q_block, padded_tokens))
@@ -135,7 +156,7 @@ def step_features(q_lens: Sequence[int], kv_lens: Sequence[int], geometry: Engin
             last_position = first + min((t + 1) * q_block, q) - 1
             blocks += last_position // block + 1
     padded_seqs = geometry.padded_seqs(len(q_lens))
-    decode_blocks = -(-max_decode_ctx // block)
+    decode_blocks = -(-max_decode_ctx // decode_block)
     return StepFeatures(
         num_seqs=len(q_lens),
         num_tokens=num_tokens,
@@ -144,7 +165,7 @@ def step_features(q_lens: Sequence[int], kv_lens: Sequence[int], geometry: Engin
         padded_tokens=padded_tokens,
         padded_seqs=padded_seqs,
         decode_blocks=decode_blocks,
-        decode_kv_slots=padded_seqs * decode_blocks * block,
+        decode_kv_slots=padded_seqs * decode_blocks * decode_block,
         prefill_tiles=tiles,
         prefill_blocks=blocks,
         prefill_kv_slots=blocks * q_block * block,
@@ -158,10 +179,10 @@ def decode_run_features(kv_lens: Sequence[int], num_steps: int, geometry: Engine
     base = step_features([1] * len(kv_lens), kv_lens, geometry)
     rows = np.tile(np.array([getattr(base, c) for c in FEATURE_COLUMNS], dtype=np.float64), (num_steps, 1))
     k = np.arange(num_steps, dtype=np.int64)
-    blocks = -(-(max(kv_lens) + k) // geometry.block_tokens)
+    blocks = -(-(max(kv_lens) + k) // geometry.decode_block_tokens)
     col = FEATURE_COLUMNS.index
     rows[:, col("decode_blocks")] = blocks
-    rows[:, col("decode_kv_slots")] = base.padded_seqs * blocks * geometry.block_tokens
+    rows[:, col("decode_kv_slots")] = base.padded_seqs * blocks * geometry.decode_block_tokens
     rows[:, col("kv_tokens")] = base.kv_tokens + len(kv_lens) * k
     return rows
 

@@ -24,6 +24,7 @@ The accelerator passed by the registry is ignored: the profile *is* the device.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ class CalibratedLatencyModel(LatencyModel):
             if not (isinstance(value, int | float | np.floating) and np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         self.fit = fit or fit_profile(self.profile, cross_validate=False)
+        if fit is None:
+            _warn_if_tiled_otherwise(self.profile)
         self.page_size = page_size or int(self.profile.meta["page_sizes"][0])
         self.geometry = geometry or generic_geometry(self.page_size)
         self.speed = float(speed)
@@ -174,10 +177,10 @@ class CalibratedLatencyModel(LatencyModel):
         longest = -(-total // num_seqs)
         base = self.shape_features(BatchShape.decode_only(num_seqs, kv_tokens_read))
         rows = np.tile(np.array([getattr(base, c) for c in FEATURE_COLUMNS], np.float64), (num_steps, 1))
-        blocks = -(-longest // self.geometry.block_tokens)
+        blocks = -(-longest // self.geometry.decode_block_tokens)
         col = FEATURE_COLUMNS.index
         rows[:, col("decode_blocks")] = blocks
-        rows[:, col("decode_kv_slots")] = base.padded_seqs * blocks * self.geometry.block_tokens
+        rows[:, col("decode_kv_slots")] = base.padded_seqs * blocks * self.geometry.decode_block_tokens
         rows[:, col("kv_tokens")] = total
         return self.time_of_rows(rows)
 
@@ -211,6 +214,22 @@ class CalibratedLatencyModel(LatencyModel):
             host_overhead=self.host_overhead,
             switch_penalty=self.switch_penalty,
             fit=self.fit,
+        )
+
+
+def _warn_if_tiled_otherwise(profile: Profile) -> None:
+    """Warn when ``profile`` was measured on an attention kernel tiled unlike today's: the features it was fitted on
+    (the kernel's loop trips) then differ from those this model computes."""
+    geometries = profile.meta.get("geometries") or {}
+    if not geometries:
+        return
+    measured = EngineGeometry.from_dict(next(iter(geometries.values()))).tiling
+    now = generic_geometry(16).tiling
+    if measured != now:
+        warnings.warn(
+            f"profile {profile.path} was measured with attention tiles (prefill KV block, query tile, decode KV block) "
+            f"= {measured} tokens; the engine now uses {now}: re-measure it with `odrive profile`",
+            stacklevel=3,
         )
 
 

@@ -141,8 +141,11 @@ def test_the_geometry_tiles_attention_as_the_kernel_does() -> None:
 
     defaults = inspect.signature(ragged_paged_attention_blocked).parameters
     kernel = tuple(defaults[k].default for k in ("kv_block_tokens", "q_block", "decode_kv_block_tokens"))
-    assert EngineGeometry(16, (8,), (1,), pages_per_seq=4).tiling == kernel == (KV_BLOCK_TOKENS, Q_BLOCK,
-                                                                                 DECODE_KV_BLOCK_TOKENS)
+    assert (
+        EngineGeometry(16, (8,), (1,), pages_per_seq=4).tiling
+        == kernel
+        == (KV_BLOCK_TOKENS, Q_BLOCK, DECODE_KV_BLOCK_TOKENS)
+    )
     # A geometry saved before the decode pass had its own block read KV 256 tokens at a time in both passes.
     old = {"page_size": 16, "token_buckets": [8], "seq_buckets": [1], "pages_per_seq": 4, "kv_block_tokens": 256,
            "q_block": 128}  # fmt: skip

@@ -16,6 +16,7 @@ from odrive.allocators.base import PageAllocator
 from odrive.errors import InvariantViolation
 from odrive.executor import Executor, SeqChunk
 from odrive.metrics import PageUsage
+from odrive.request import SIMULATED_TOKEN_ID
 
 UNRECORDED = PageUsage(0, 0.0, 0, 0.0, 0.0, 0.0)  # stands in where no step row is kept
 _MAX_CELLS = 1 << 21  # (requests x steps) beyond which a run stops at its first finish (bounded memory)
@@ -57,6 +58,27 @@ def grow_tables(allocator: PageAllocator, chunk: SeqChunk, num_steps: int) -> No
     """Give ``chunk``'s request the pages ``num_steps`` decode steps fill."""
     if not allocator.allocate(chunk.request.request_id, chunk.kv_len + num_steps - 1):
         raise InvariantViolation("fast-forward-pages", f"request {chunk.request.request_id} ran out of pages")
+
+
+def commit_run(allocator: PageAllocator, batch: list[SeqChunk], ran: list[int]) -> None:
+    """A prefix-caching allocator's view of a decode run in which chunk ``i`` ran ``ran[i]`` steps (its table grown,
+    its token counts not yet advanced): each request whose prompt has ids gets ``ran[i]`` simulated output ids, and
+    the pages the run fills are committed in the order stepping commits them (by step, then batch position), so
+    which duplicate block is registered first, and so every later eviction and hit, equal stepping."""
+    ps = allocator.page_size
+    events: list[tuple[int, int, int]] = []
+    for pos, (chunk, k) in enumerate(zip(batch, ran, strict=True)):
+        req = chunk.request
+        if req.prompt_token_ids is None or k < 1:
+            continue
+        req.output_token_ids.extend([SIMULATED_TOKEN_ID] * k)
+        computed = req.num_computed_tokens  # after step j it is computed + j: a page fills where that is a multiple
+        events += [(j, pos, computed + j) for j in range(ps - computed % ps, k + 1, ps)]
+    for _, pos, computed in sorted(events):
+        req = batch[pos].request
+        before, req.num_computed_tokens = req.num_computed_tokens, computed
+        allocator.commit(req)
+        req.num_computed_tokens = before
 
 
 def run_usage(allocator: PageAllocator, batch: list[SeqChunk], durations: np.ndarray) -> PageUsage:

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from odrive.decode_runs import UNRECORDED, decode_chain, fit_pages, grow_tables, run_usage
+from odrive.decode_runs import UNRECORDED, commit_run, decode_chain, fit_pages, grow_tables, run_usage
 from odrive.errors import InvariantViolation
 from odrive.executor import Executor, SeqChunk, SwapOps
 from odrive.invariants import check_plan
 from odrive.metrics import MetricsRecorder, PageUsage
-from odrive.request import FinishReason, Request, RequestStatus
+from odrive.request import SIMULATED_TOKEN_ID, FinishReason, Request, RequestStatus
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
 from odrive.step_isolation import execute_isolating
@@ -95,8 +95,7 @@ class Engine:
             return "empty prompt: at least one prompt token is required"
         if request.num_prompt_tokens > cfg.max_prefill_length:
             return (
-                f"prompt has {request.num_prompt_tokens} tokens, more than max_prefill_length="
-                f"{cfg.max_prefill_length}"
+                f"prompt has {request.num_prompt_tokens} tokens, more than max_prefill_length={cfg.max_prefill_length}"
             )
         total = request.num_prompt_tokens + request.sampling_params.max_tokens
         if cfg.max_model_len is not None and total > cfg.max_model_len:
@@ -213,7 +212,6 @@ class Engine:
             batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
         if (num_prefill_seqs == 0 and self.fast_forward and self.executor.supports_decode_runs and horizon > 0
                 and not plan.has_swaps and self.allocator.supports_decode_runs
-                and (not self._caching or not any(c.request.output_token_ids for c in batch))
                 and not self._releases_pages(batch)):  # fmt: skip
             steady = sched.steady_steps(plan)
             if steady > 1:
@@ -253,10 +251,12 @@ class Engine:
             self.allocator.release_before(req.request_id, req.num_computed_tokens - self._window + 1)
         if not chunk.sample:
             return False
-        token = None if sampled is None else sampled[req.request_id]
+        token = None if sampled is None else sampled.get(req.request_id)
         if token is not None:
             req.output_token_ids.append(token)
             outcome.new_token_ids[req.request_id] = token
+        elif self._caching and req.prompt_token_ids is not None:  # simulated: its pages cache as real outputs' do
+            req.output_token_ids.append(SIMULATED_TOKEN_ID)
         req.num_output_tokens += 1
         if req.first_token_time is None:
             req.first_token_time = end
@@ -291,9 +291,10 @@ class Engine:
         engine call then covers everything up to the next arrival or page shortage. Request times, token counts
         and page tables equal stepping one at a time.
 
-        With a prefix-caching allocator (requests whose outputs carry no token ids: nothing to commit while they
-        decode) a run always ends at its first finish, and every request grows before any finishes frees pages,
-        as in the run's last step: which cached pages are evicted, and so every later hit, equal stepping too."""
+        With a prefix-caching allocator a run always ends at its first finish, every request grows before any
+        finishes frees pages, as in the run's last step, and the pages the run fills are committed in the order
+        stepping commits them (:func:`~odrive.decode_runs.commit_run`): which cached pages are evicted, and so every
+        later hit, equal stepping too."""
         sched, record, caching = self.scheduler, self.metrics.record_steps, self._caching
         remaining = [min(c.request.remaining_output_tokens, steady) for c in batch]
         if not record and not caching and self.fast_forward_past_finishes and sched.steady_after_finish(plan):
@@ -313,6 +314,7 @@ class Engine:
         if caching:
             for i in order:
                 grow_tables(self.allocator, batch[i], ran[i])
+            commit_run(self.allocator, batch, ran)
         for i in order:
             chunk, k = batch[i], ran[i]
             if not caching:

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 from odrive.sampling_params import SamplingParams
 
+SIMULATED_TOKEN_ID = -1
+"""The id a simulated request's output tokens carry when its prompt has ids and the allocator caches prefixes: its
+output pages then hash (never like a prompt's: no prompt holds -1) and are cached and hit, e.g. when a preempted
+request is recomputed, as the real engine's output pages are."""
+
 
 class RequestStatus(enum.Enum):
     """WAITING → RUNNING → FINISHED | ABORTED; RUNNING → PREEMPTED → RUNNING (resumed)."""

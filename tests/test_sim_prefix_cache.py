@@ -154,6 +154,24 @@ def test_memory_pressure_evicts_and_preempts_yet_finishes(system_prompts: Worklo
     assert result.summary["preemptions"] > 0
 
 
+def test_a_recomputed_request_hits_its_own_output_pages_as_on_the_real_engine(system_prompts: Workload) -> None:
+    """Simulated outputs carry placeholder ids, so their full pages are cached as the real engine caches its outputs':
+    a request preempted after filling some re-admits with prompt and output pages from the cache. Fast-forwarded
+    decode runs commit those pages as stepping does."""
+    runs = []
+    for fast in (True, False):
+        sim = Simulator(SimConfig(allocator="prefix-cache", num_pages=121, check_invariants=True), system_prompts)
+        sim.engine.fast_forward = fast
+        runs.append((sim.run().requests, sim.engine.allocator.prefix_stats()))  # type: ignore[attr-defined]
+    (fast, fast_stats), (stepped, stepped_stats) = runs
+    preempted = fast[fast["num_preemptions"] > 0]
+    assert (preempted["num_cached_tokens"] > preempted["num_prompt_tokens"]).any()
+    assert fast_stats == stepped_stats and stepped_stats.evictions > 0
+    for column in ("num_cached_tokens", "num_preemptions"):
+        np.testing.assert_array_equal(fast[column].to_numpy(), stepped[column].to_numpy(), err_msg=column)
+    np.testing.assert_allclose(fast["finish_time"].to_numpy(float), stepped["finish_time"].to_numpy(float), rtol=1e-12)
+
+
 def test_workloads_without_token_ids_run_as_with_the_free_list() -> None:
     """No ids: nothing is hashed, nothing hits, and every request's timeline equals the free list's."""
     w = poisson_workload(rate=20, num_requests=80, prompt_len=Uniform(10, 600), output_len=Uniform(1, 80), seed=4)

@@ -55,7 +55,16 @@ class ReplayResult:
 
 
 def make_prompts(workload: Workload, vocab_size: int, seed: int = 0) -> list[list[int]]:
-    """Random prompt token ids of the workload's lengths (ids >= 3: clear of the usual special tokens)."""
+    """The workload's own prompt token ids when it has them (e.g. shared prefixes, which a prefix cache must see as
+    the simulator does; each must lie in the model's vocabulary), else random ids of its lengths (ids >= 3: clear of
+    the usual special tokens)."""
+    ids = workload.prompt_token_ids
+    if ids is not None:
+        prompts = [np.asarray(ids[i]).tolist() for i in range(len(workload))]
+        bad = next((i for i, p in enumerate(prompts) if p and not 0 <= min(p) <= max(p) < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"workload request {bad}: prompt token ids outside the vocabulary [0, {vocab_size})")
+        return prompts
     rng = np.random.default_rng(seed)
     return [rng.integers(3, vocab_size, int(n)).tolist() for n in workload.prompt_lens]
 
@@ -63,7 +72,8 @@ def make_prompts(workload: Workload, vocab_size: int, seed: int = 0) -> list[lis
 def replay(
     surge: vSurge, workload: Workload, *, seed: int = 0, lead_s: float = 0.005, spin_s: float = 0.0015
 ) -> ReplayResult:
-    """Run ``workload`` (greedy, ``ignore_eos``: each request makes exactly its output length) on ``surge``.
+    """Run ``workload`` (greedy, ``ignore_eos``: each request makes exactly its output length; its priorities and
+    prompt token ids when it has them: :func:`make_prompts`) on ``surge``.
 
     The engine must be idle and its background thread stopped. ``lead_s`` puts the origin slightly in the
     future so the first arrival is not late; ``spin_s`` is how long before an arrival sleeping turns into
@@ -75,6 +85,7 @@ def replay(
     prompts = make_prompts(workload, surge.model.config.vocab_size, seed)
     params = [SamplingParams(max_tokens=int(n), temperature=0.0, ignore_eos=True) for n in workload.output_lens]
     arrivals = workload.arrival_times.tolist()
+    priorities = [0] * len(arrivals) if workload.priorities is None else workload.priorities.tolist()
     n_req, n_steps0, n_done0 = len(arrivals), len(engine.metrics.steps_frame()), engine.metrics.num_done
     recorder = ShapeRecorder(engine.executor)
     outcomes: list[StepOutcome] = record_outcomes(engine)
@@ -89,7 +100,7 @@ def replay(
         while i < n_req or engine.has_unfinished:
             now = time.perf_counter()
             while i < n_req and origin + arrivals[i] <= now:
-                handle = surge.submit(prompts[i], params[i])
+                handle = surge.submit(prompts[i], params[i], priority=priorities[i])
                 handle.request.arrival_time = origin + arrivals[i]
                 index_of[handle.request_id] = i
                 lag[i] = now - (origin + arrivals[i])

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ pytest.importorskip("uvicorn")
 import odrive  # noqa: E402
 from odrive.bench.compare import comparison, format_comparison  # noqa: E402
 from odrive.cli import main as odrive_main  # noqa: E402
+from odrive.engine import Engine  # noqa: E402
 from odrive.profiling.features import EngineGeometry, format_lens  # noqa: E402
 from odrive.profiling.probe import predict_steps, speed_of  # noqa: E402
 from odrive.profiling.profile import PROFILE_DIR, Profile  # noqa: E402
@@ -63,7 +65,7 @@ def sim_config(**kw: object) -> SimConfig:
 class StepLog:
     """The real engine's executed batches and step times, as ``odrive.profiling.replay`` keeps them."""
 
-    def __init__(self, engine) -> None:  # noqa: ANN001 - odrive.Engine
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.shapes = ShapeRecorder(engine.executor)
         engine.executor = self.shapes
@@ -89,7 +91,7 @@ class StepLog:
         return speed_of(predicted, "decode"), speed_of(predicted, "prefill")
 
 
-def bench(url: str, spec: str, out, *extra: str) -> dict:  # noqa: ANN001 - a Path
+def bench(url: str, spec: str, out: Path, *extra: str) -> dict:
     run = subprocess.run(
         [sys.executable, "-m", "odrive.cli", "bench", "--base-url", url, "--workload", spec, "--vocab-size", "1024",
          "--out", str(out), "--no-progress", *extra],

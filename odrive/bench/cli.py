@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from odrive.bench.client import BenchRun, RequestSpec, replay_async, served_mode
 from odrive.bench.results import add_result_arguments, format_results, goodput_of, serving_results, write_results
 from odrive.cli_errors import user_input
 from odrive.errors import RunError, UserError
+
+if TYPE_CHECKING:  # the workload grammar lives with the simulator, imported when the command runs
+    from sim.workloads import Workload
 
 
 class ServerUnreachable(UserError):
@@ -50,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_result_arguments(p)
 
 
-def request_specs(workload, vocab_size: int, seed: int) -> list[RequestSpec]:  # noqa: ANN001 - a sim Workload
+def request_specs(workload: Workload, vocab_size: int, seed: int) -> list[RequestSpec]:
     """One request per workload request: its own prompt ids mapped into ``[0, vocab_size)`` (equal prefixes stay
     equal), else seeded random ids; exactly its prompt length."""
     if vocab_size < 1:
@@ -64,7 +68,7 @@ def request_specs(workload, vocab_size: int, seed: int) -> list[RequestSpec]:  #
 
 
 def run(args: argparse.Namespace) -> int:
-    from sim.workloads import parse_workload  # the workload grammar lives with the simulator
+    from sim.workloads import parse_workload
 
     spec = args.workload if ":" in args.workload.split("/")[0] else f"trace:{args.workload}"
     with user_input("--workload"):

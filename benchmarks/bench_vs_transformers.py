@@ -133,6 +133,7 @@ class OdriveRunner:
             page_size=args.page_size, max_concurrent_prefill=max_batch, max_concurrent_decodes=max_batch,
             max_length=longest + args.new_tokens, max_num_batched_tokens=max_batch * args.prompt_len,
             num_pages=max_batch * -(-(longest + args.new_tokens) // args.page_size) + 1,
+            compute_dtype="float32",  # bfloat16: weights and K/V stored in bf16, arithmetic in f32
         )  # fmt: skip
         self.compile_s = 0.0
         self._compiled: set[int] = set()

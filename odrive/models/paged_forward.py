@@ -73,11 +73,15 @@ class PagedForward:
     logits_indices) -> (float32 logits [max_seqs, V], kv_caches)``; the passed caches are invalid afterwards.
 
     :meth:`hidden` runs the layers only; :meth:`logits` and the executor's fused sampling read its result.
-    ``layer_step`` replaces the single-device jitted layer (the tensor-parallel one is sharded).
+    ``layer_step`` replaces the single-device jitted layer (the tensor-parallel one is sharded). ``compute_dtype``
+    (e.g. float32 over bfloat16 weights: half the bytes to read, float32 arithmetic) is the hidden states' dtype;
+    matmuls against weights of another dtype promote to it. None: the embedding table's dtype.
     """
 
-    def __init__(self, config: LlamaConfig, layer_step: LayerStep | None = None) -> None:
+    def __init__(self, config: LlamaConfig, layer_step: LayerStep | None = None, compute_dtype: str | None = None
+                 ) -> None:  # fmt: skip
         self.config = config
+        self.compute_dtype = compute_dtype
         self.layer_step = layer_step or jax.jit(
             functools.partial(_layer_step, config=config), donate_argnums=(2,)
         )
@@ -88,7 +92,7 @@ class PagedForward:
         """The last layer's hidden states ``[num_tokens, H]`` and the updated caches."""
         if self._layer_ids is None:  # device scalars made once: a step passes them without a host transfer
             self._layer_ids = [jnp.int32(i) for i in range(self.config.num_hidden_layers)]
-        x = _embed(params["embed"], token_ids)
+        x = _embed(params["embed"], token_ids, dtype=self.compute_dtype)
         for lp, layer in zip(params["layers"], self._layer_ids, strict=True):
             x, kv_caches = self.layer_step(lp, x, kv_caches, layer, batch)
         return x, kv_caches
@@ -112,9 +116,10 @@ def _layer_step(lp: Params, x: jax.Array, kv_caches: KVCaches, layer: jax.Array,
     return paged_layer(lp, config, x, kv_caches, layer, batch)
 
 
-@jax.jit
-def _embed(embed: jax.Array, token_ids: jax.Array) -> jax.Array:
-    return jnp.take(embed, token_ids, axis=0)
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _embed(embed: jax.Array, token_ids: jax.Array, dtype: str | None = None) -> jax.Array:
+    x = jnp.take(embed, token_ids, axis=0)
+    return x if dtype is None else x.astype(dtype)
 
 
 def _head_params(params: Params) -> dict[str, Any]:
@@ -127,6 +132,6 @@ def _head(head_params: dict[str, Any], x: jax.Array, logits_indices: jax.Array, 
 
 
 @functools.lru_cache(maxsize=32)
-def make_paged_forward(config: LlamaConfig) -> PagedForward:
-    """The single-device :class:`PagedForward` of ``config`` (cached per config)."""
-    return PagedForward(config)
+def make_paged_forward(config: LlamaConfig, compute_dtype: str | None = None) -> PagedForward:
+    """The single-device :class:`PagedForward` of ``config`` (cached per config and compute dtype)."""
+    return PagedForward(config, compute_dtype=compute_dtype)

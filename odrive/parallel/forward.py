@@ -17,7 +17,9 @@ from odrive.parallel.specs import kv_cache_spec, layer_param_specs, local_config
 
 
 @functools.lru_cache(maxsize=32)
-def make_sharded_paged_forward(config: LlamaConfig, mesh: Mesh, axis: str = TP_AXIS) -> PagedForward:
+def make_sharded_paged_forward(
+    config: LlamaConfig, mesh: Mesh, axis: str = TP_AXIS, compute_dtype: str | None = None
+) -> PagedForward:
     """Tensor-parallel :class:`PagedForward`: same call as ``make_paged_forward(config)``, taking params from
     ``shard_params`` and caches from ``shard_kv_caches``/``allocate_sharded_kv_caches``. Batch arrays are
     replicated; every device runs each layer on its own heads and pages, then the row-parallel matmuls are
@@ -42,4 +44,4 @@ def make_sharded_paged_forward(config: LlamaConfig, mesh: Mesh, axis: str = TP_A
         # varying-manual-axes type check rejects; the layout above is checked by tests instead.
         check_vma=False,
     )
-    return PagedForward(config, layer_step=jax.jit(sharded, donate_argnums=(2,)))
+    return PagedForward(config, layer_step=jax.jit(sharded, donate_argnums=(2,)), compute_dtype=compute_dtype)

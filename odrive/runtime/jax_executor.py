@@ -23,21 +23,21 @@ class JaxExecutor(Executor):
     preemption keeps swapped-out requests' K/V in host memory (``host_kv``)."""
 
     def __init__(self, model: Model, num_pages: int, page_size: int, builder: BatchBuilder, seed: int = 0,
-                 kv_dtype: object | None = None, mesh: Mesh | None = None) -> None:
+                 kv_dtype: object | None = None, mesh: Mesh | None = None, compute_dtype: str | None = None) -> None:
         self.builder = builder
         self.seed = seed
         self.mesh = mesh
         if mesh is None:
             self.model = model
             self.kv_caches = allocate_kv_caches(model.config, num_pages, page_size, kv_dtype or model.dtype)
-            self._forward = make_paged_forward(model.config)
+            self._forward = make_paged_forward(model.config, compute_dtype)
         else:  # tensor parallel: weights and the kv_heads axis of the pools sharded over the mesh
             from odrive.parallel import allocate_sharded_kv_caches, make_sharded_paged_forward, shard_params
 
             self.model = dataclasses.replace(model, params=shard_params(model.params, model.config, mesh))
             self.kv_caches = allocate_sharded_kv_caches(model.config, num_pages, page_size, mesh,
                                                         kv_dtype or model.dtype)
-            self._forward = make_sharded_paged_forward(model.config, mesh)
+            self._forward = make_sharded_paged_forward(model.config, mesh, compute_dtype=compute_dtype)
         self.host_kv = HostKVStore(model.config.num_hidden_layers, num_pages)
         self._head_params = {k: v for k, v in self.model.params.items() if k != "layers"}
         self._greedy = make_greedy_head(model.config)

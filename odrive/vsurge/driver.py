@@ -94,12 +94,15 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         swap_space_gib: float = 4.0,
         swap_space_pages: int | None = None,
         kv_cache_bytes: int | None = None,
+        compute_dtype: str | None = None,
     ) -> vSurge:
         """Every argument acts: see docs in the README. ``max_length`` caps prompt + generated tokens
         (default ``2 × max_prefill_length``); ``max_concurrent_decodes`` defaults to 8 × max_concurrent_prefill.
         ``num_pages`` overrides the page count the ``hbm_utilization`` plan gives (like vLLM's
         ``num_gpu_blocks_override``), e.g. to reproduce a memory-pressure experiment on any device; ``kv_cache_bytes``
-        sizes it from a byte budget instead of device memory (for devices that report none).
+        sizes it from a byte budget instead of device memory (for devices that report none). ``compute_dtype``
+        (e.g. ``"float32"`` over a model loaded in bfloat16) is the dtype of the activations: weights and K/V stay
+        in the model's dtype, half the bytes to read, while the arithmetic runs in float32.
         ``chunk_size`` caps chunked-prefill chunks; ``scheduler_kwargs`` are the policy's options (e.g.
         ``{"predictor": "bucket-mean"}`` for ``sjf``). ``preemption_mode="swap"`` moves preempted requests'
         K/V to host memory, at most ``swap_space_pages`` pages (default: ``swap_space_gib`` worth).
@@ -158,7 +161,8 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
             seq_buckets=power_of_two_buckets(max_concurrent_decodes, smallest=1),
             pages_per_seq=pages_per_seq,
         )
-        executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed, mesh=mesh)
+        executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed, mesh=mesh,
+                               compute_dtype=compute_dtype)  # fmt: skip
         alloc = make_allocator(allocator, num_pages=plan.num_pages, page_size=page_size, **dict(allocator_kwargs or {}))
         eos = set(cfg.eos_token_ids) | set(processor.eos_token_ids if processor else ())
         engine = Engine(

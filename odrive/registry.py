@@ -33,6 +33,11 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = obj
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (e.g. a policy a test or a notebook registered for a while)."""
+        self.get(name)  # an unknown name is an UnknownNameError that lists the registered ones
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from experiments.validate_sim import SMALL, UNPINNED_PROFILE, Validation, run_order, run_validation
+from experiments.validate_sim import TINY, UNPINNED_PROFILE, Validation, run_order, run_validation
 
 # Percent. Measured with this configuration on the shared 2-core machine (load average 2-3, 7 runs): run-speed
 # E2E 7-11 %, adjusted 4-11 %, raw 22-61 % (the machine's speed vs. the profile's), throughput < 1.2 %,
@@ -29,10 +29,10 @@ STEP_PERIOD_MEDIAN_ABS = 35.0
 @pytest.fixture(scope="module")
 def validation() -> Validation:
     cfg = replace(
-        SMALL,
+        TINY,
         profile=str(UNPINNED_PROFILE),  # JAX already runs in this process: it cannot pin cores as main() does
         loads=(0.5,),
-        trace_loads=(),
+        workloads=("poisson",),
         num_requests=30,
         max_prefill_length=128,
         max_length=256,
@@ -41,8 +41,7 @@ def validation() -> Validation:
         prompt=(16, 112),
         output=(8, 40),
         closed_requests=20,
-        closed_prompt=(96, 128),
-        closed_output=(32, 64),
+        closed_num_pages=24,
     )
     return run_validation(cfg, log=lambda _: None)
 
@@ -56,8 +55,9 @@ def _err(v: Validation, variant: str, metric: str, statistic: str) -> float:
 def test_closed_workload_plans_match_step_for_step(validation: Validation) -> None:
     s = validation.summary
     assert s["plans_identical"], validation.plans_diff.head().to_string()
-    assert s["closed_preemptions"] > 0  # the pool is small enough that preemption decisions are compared too
-    assert s["fast_forward_outcome_identical"]
+    closed = s["closed"]["poisson"]
+    assert closed["preemptions"] > 0  # the pool is small enough that preemption decisions are compared too
+    assert closed["fast_forward_outcome_identical"]
     assert validation.plans_real["pages_used_max"].max() == validation.plans_sim["pages_used_max"].max()
 
 

@@ -28,13 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per point (median kept)")
     p.add_argument("--max-length", type=int, default=None, help="prompt + output cap of the profiled engine")
     p.add_argument(
-        "--spec-name", default=None, help="sim model spec this profile describes (default tiny-bench with --tiny-bench)"
+        "--spec-name",
+        default=None,
+        help="sim model spec this profile describes (default: tiny-bench with --tiny-bench, a packaged model's name)",
     )
     p.add_argument("--description", default="")
-    p.add_argument("--no-replay", action="store_true",
-                   help="skip the replay calibration (workloads replayed through the serving loop)")
-    p.add_argument("--pin-cores", action="store_true",
-                   help="XLA compute on core 0, the engine loop on the others (as experiments.validate_sim runs)")
+    p.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="skip the replay calibration (workloads replayed through the serving loop)",
+    )
+    p.add_argument(
+        "--pin-cores",
+        action="store_true",
+        help="XLA compute on core 0, the engine loop on the others (as experiments.validate_sim runs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
         model = tiny_bench_model(args.dtype)
         spec = args.spec_name or "tiny-bench"
     else:
+        from odrive.model_source import PACKAGED_MODELS
         from odrive.models.checkpoint import load_model
 
         model = load_model(args.model, dtype=args.dtype)
-        spec = args.spec_name or ""
+        spec = args.spec_name or (str(args.model) if str(args.model) in PACKAGED_MODELS else "")
     overrides = {
         k: v
         for k, v in (("page_sizes", args.page_sizes), ("repeats", args.repeats), ("max_length", args.max_length))

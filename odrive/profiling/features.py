@@ -187,6 +187,12 @@ def decode_run_features(kv_lens: Sequence[int], num_steps: int, geometry: Engine
     return rows
 
 
+def padded_swap_rows(num_layers: int, num_pages: int) -> int:
+    """Pool rows one request's swap copy moves: its pages in every layer, padded to a power of two (as
+    ``odrive.runtime.kv_swap.HostKVStore`` pads them, so copies compile a bounded number of times)."""
+    return 1 << max(num_layers * num_pages - 1, 0).bit_length()
+
+
 def parse_lens(text: str) -> list[int]:
     """``"32;32;7"`` -> ``[32, 32, 7]`` (the profile table's per-sequence length columns)."""
     return [int(x) for x in str(text).split(";") if x != ""]

@@ -147,6 +147,9 @@ class ProfileFit:
     tail_factor: float = 1.0
     switch_penalty_s: float = 0.0
     replay: LinearFit | None = None  # serving-loop correction fitted on replayed steps (odrive.profiling.replay_fit)
+    # Swap preemption's copies of one request's pages, per direction: seconds = intercept + c x padded pool rows.
+    swap_out: LinearFit | None = None
+    swap_in: LinearFit | None = None
 
     def predict_exec(self, rows: pd.DataFrame | np.ndarray, columns: Sequence[str] | None = None) -> np.ndarray:
         """Mean executor seconds of settled steps (the median fit times ``tail_factor``)."""
@@ -171,6 +174,18 @@ class ProfileFit:
             t = t + self.predict_overhead(rows[:, FEATURE_COLUMNS.index("num_seqs")])
         return t
 
+    def predict_swap(self, rows_out: Sequence[int], rows_in: Sequence[int]) -> float | None:
+        """Seconds of one step's swap copies, one request per entry: the padded pool rows it moves to the host
+        (``rows_out``) and back (``rows_in``; :func:`odrive.profiling.features.padded_swap_rows`); None when the
+        profile measured no swaps."""
+        if self.swap_out is None or self.swap_in is None:
+            return None
+        total = 0.0
+        for fit, rows in ((self.swap_out, rows_out), (self.swap_in, rows_in)):
+            if len(rows):
+                total += float(fit.predict(np.asarray(rows, np.float64)[:, None], ("padded_rows",)).sum())
+        return total
+
     def summary(self) -> dict:
         return {
             "model": "nnls-linear",
@@ -180,6 +195,9 @@ class ProfileFit:
             "tail_factor": self.tail_factor,
             "switch_penalty_s": self.switch_penalty_s,
             "replay_coef": self.replay.to_dict() if self.replay is not None else None,
+            "swap_coef": {"out": self.swap_out.to_dict(), "in": self.swap_in.to_dict()}
+            if self.swap_out is not None and self.swap_in is not None
+            else None,
             "heldout": self.heldout,
         }
 
@@ -193,12 +211,25 @@ def fit_profile(profile: Profile, target: str = "exec_s", cross_validate: bool =
     tail = float(np.median(fwd["exec_mean_s"] / fwd[target])) if "exec_mean_s" in fwd else 1.0
     penalty = max(0.0, float(np.median(fwd["exec_first_s"] - fwd[target]))) if "exec_first_s" in fwd else 0.0
     fit = ProfileFit(step, overhead, target=target, tail_factor=tail, switch_penalty_s=penalty)
+    swaps = profile.swaps
+    if len(swaps):
+        fit.swap_out, fit.swap_in = (
+            LinearFit.fit(swaps[swaps["kind"] == kind], "swap_s", ("padded_rows",)) for kind in ("out", "in")
+        )
     replayed = profile.replay.dropna(subset=["period_s"]) if "period_s" in profile.table else profile.replay
     if len(replayed) >= 8:
         frame = replay_frame(replayed, fit.predict_exec(replayed))
         fit.replay = LinearFit.fit(frame, "period_s", REPLAY_FEATURES)
         if cross_validate:
             fit.heldout["replay"] = _replay_heldout(fit, replayed, frame)
+    if cross_validate and len(swaps) >= 4:
+
+        def swap_line(tr: pd.DataFrame, te: pd.DataFrame) -> np.ndarray:
+            return LinearFit.fit(tr, "swap_s", ("padded_rows",)).predict(te)
+
+        errors = [held_out_errors(part, "swap_s", swap_line, part["num_swap_pages"].to_numpy())
+                  for _, part in swaps.groupby("kind")]  # fmt: skip
+        fit.heldout["swap_leave_one_size_out"] = _stats(np.concatenate(errors))
     if cross_validate and len(fwd) >= 4:
         points = np.arange(len(fwd))
         shapes = shape_groups(fwd)

@@ -48,6 +48,7 @@ class ProfileGrid:
     engine_prompt_len: int = 48
     engine_output_len: int = 24
     engine_repeats: int = 3
+    swap_pages: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # one request's pages copied (swap)
     max_length: int = 1024
     max_prefill_length: int = 512
     max_concurrent_decodes: int = 32
@@ -99,6 +100,7 @@ def quick_grid(**overrides: object) -> ProfileGrid:
         decode_batch_sizes=(1, 4),
         decode_contexts=(20, 300),
         mixed=(),
+        swap_pages=(1, 4, 8),
         repeats=3,
         burst=2,
         settle=2,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from odrive.profiling.features import EngineGeometry
+from odrive.profiling.features import EngineGeometry, parse_lens
 from odrive.profiling.replay import replay, step_shapes
 from odrive.vsurge.driver import vSurge
 from sim.latency.calibrated import CalibratedLatencyModel
@@ -43,7 +43,12 @@ def predict_steps(steps: pd.DataFrame, model: CalibratedLatencyModel, geometry: 
     steps = steps.copy()
     features, switched, idle = step_shapes(steps, geometry)
     unit = model.with_speed(1.0) if (model.speed, model.prefill_speed) != (1.0, 1.0) else model
-    predicted = [unit.time_of(f, sw, i) for f, sw, i in zip(features, switched, idle, strict=True)]
+    predicted = [unit.time_of(f, sw, i) if f else 0.0 for f, sw, i in zip(features, switched, idle, strict=True)]
+    if "swap_out" in steps:  # the copies before a step run first (modeled as the profile measured them)
+        predicted = [
+            t + (unit.swap_time(parse_lens(out), parse_lens(back)) or 0.0) if out or back else t
+            for t, out, back in zip(predicted, steps["swap_out"].fillna(""), steps["swap_in"].fillna(""), strict=True)
+        ]
     steps["predicted_s"], steps["switched"] = predicted, switched
     return steps
 

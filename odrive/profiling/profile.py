@@ -34,6 +34,12 @@ class Profile:
         return self.table[self.table["source"] == "engine"].reset_index(drop=True)
 
     @property
+    def swaps(self) -> pd.DataFrame:
+        """Swap preemption's copies of one request's pages (``odrive.profiling.profiler.measure_swaps``); empty in
+        older profiles."""
+        return self.table[self.table["source"] == "swap"].reset_index(drop=True)
+
+    @property
     def replay(self) -> pd.DataFrame:
         """Back-to-back steps of replayed workloads (``odrive.profiling.replay_fit``); empty in older profiles."""
         return self.table[self.table["source"] == "replay"].reset_index(drop=True)

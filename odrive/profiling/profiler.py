@@ -1,4 +1,5 @@
-"""Measure the real engine's step over a grid of shapes (the profile a calibrated latency model is fitted on).
+"""Measure the real engine's step over a grid of shapes (the profile a calibrated latency model is fitted on), and
+the K/V copies of swap preemption.
 
 Each grid point is a batch of ``SeqChunk`` s run through the engine's own ``JaxExecutor`` — so padding comes
 from the same ``BatchBuilder`` buckets and the same jitted paged forward and sampler run. Per point:
@@ -28,12 +29,12 @@ import numpy as np
 import pandas as pd
 
 from odrive.allocators import make_allocator
-from odrive.executor import SeqChunk
+from odrive.executor import SeqChunk, SwapOps
 from odrive.models import init_params, make_paged_forward
 from odrive.models.checkpoint import Model
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import resolve_dtype
-from odrive.profiling.features import EngineGeometry, format_lens, step_features
+from odrive.profiling.features import EngineGeometry, format_lens, padded_swap_rows, step_features
 from odrive.profiling.grid import GridPoint, ProfileGrid
 from odrive.profiling.pinning import current_pinning
 from odrive.profiling.profile import Profile
@@ -250,6 +251,41 @@ def measure_engine(model: Model, grid: ProfileGrid, log: Log = print) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def measure_swaps(model: Model, grid: ProfileGrid, log: Log = print) -> pd.DataFrame:
+    """Swap preemption's copies: ``JaxExecutor.swap`` moving one request's ``n`` pages (every layer) to the host
+    (``kind="out"``) and back (``"in"``) for each ``n`` in ``grid.swap_pages`` (up to a sequence's pages), on the
+    first page size; the median of ``grid.repeats`` shuffled rounds after ``grid.warmup`` untimed copies (which
+    compile each padded size)."""
+    page_size = grid.page_sizes[0]
+    geo = geometry_for(grid, page_size)
+    sizes = [n for n in grid.swap_pages if n <= geo.pages_per_seq]
+    builder = BatchBuilder(page_size, geo.token_buckets, geo.seq_buckets, geo.pages_per_seq)
+    executor = JaxExecutor(model, max(sizes) + 2, page_size, builder, seed=grid.seed)
+    rng = np.random.default_rng(grid.seed)
+
+    def copy(n: int) -> tuple[float, float]:
+        pages = list(range(1, n + 1))
+        return executor.swap(SwapOps({"s": pages}, {}, page_size)), executor.swap(SwapOps({}, {"s": pages}, page_size))
+
+    for n in sizes:
+        for _ in range(grid.warmup):
+            copy(n)
+    times = np.zeros((len(sizes), grid.repeats, 2))
+    for r in range(grid.repeats):
+        for k in rng.permutation(len(sizes)):
+            times[k, r] = copy(sizes[int(k)])
+    layers = model.config.num_hidden_layers
+    rows = [
+        {"source": "swap", "kind": kind, "page_size": page_size, "pages_per_seq": geo.pages_per_seq,
+         "num_swap_pages": n, "padded_rows": padded_swap_rows(layers, n), "swap_s": float(np.median(times[k, :, d])),
+         "swap_q25_s": float(np.percentile(times[k, :, d], 25)), "swap_q75_s": float(np.percentile(times[k, :, d], 75)),
+         "repeats": grid.repeats}
+        for d, kind in enumerate(("out", "in")) for k, n in enumerate(sizes)
+    ]  # fmt: skip
+    log(f"swap copies: {len(sizes)} sizes x {grid.repeats} rounds")
+    return pd.DataFrame(rows)
+
+
 def describe_host() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -281,6 +317,7 @@ def run_profile(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     points = measure_points(model, grid, log)
     engine = measure_engine(model, grid, log)
+    swaps = measure_swaps(model, grid, log) if grid.swap_pages else None
     replayed = measure_replays(model, grid.page_sizes[0], replay_calibration, log) if replay_calibration else None
     cfg = model.config
     meta = {
@@ -292,7 +329,7 @@ def run_profile(
         "grid": grid.to_dict(), "profiling_wall_s": None,
     }  # fmt: skip
     meta["round_drift"] = points.attrs.get("round_drift", [])
-    profile = Profile(pd.concat([points, engine, replayed], ignore_index=True), meta)
+    profile = Profile(pd.concat([points, engine, swaps, replayed], ignore_index=True), meta)
     meta["fit"] = fit_profile(profile).summary()
     meta["profiling_wall_s"] = round(time.perf_counter() - t0, 1)
     return profile

@@ -15,8 +15,15 @@ import numpy as np
 import pandas as pd
 
 from odrive.engine import StepOutcome
-from odrive.executor import ExecuteResult, Executor, SeqChunk
-from odrive.profiling.features import EngineGeometry, StepFeatures, parse_lens, step_features
+from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.profiling.features import (
+    EngineGeometry,
+    StepFeatures,
+    format_lens,
+    padded_swap_rows,
+    parse_lens,
+    step_features,
+)
 from odrive.profiling.plans import plan_table, record_outcomes, stop_recording
 from odrive.sampling_params import SamplingParams
 from odrive.vsurge.driver import vSurge
@@ -26,15 +33,25 @@ TIME_COLUMNS = ("arrival_time", "first_scheduled_time", "first_token_time", "fin
 
 
 class ShapeRecorder(Executor):
-    """Delegates to the real executor and keeps each step's ``(q_lens, kv_lens)`` (two list appends)."""
+    """Delegates to the real executor and keeps each step's ``(q_lens, kv_lens)`` (two list appends) and the
+    seconds of each step's swap copies (``swap_s``, by step index; swap preemption)."""
 
     def __init__(self, inner: Executor) -> None:
         self.inner = inner
         self.shapes: list[tuple[list[int], list[int]]] = []
+        self.swaps: list[tuple[int, SwapOps, float]] = []  # (index of the step the copies ran before, ops, seconds)
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
         self.shapes.append(([c.num_tokens for c in batch], [c.start + c.num_tokens for c in batch]))
         return self.inner.execute(batch)
+
+    def swap(self, ops: SwapOps) -> float:
+        seconds = self.inner.swap(ops)
+        self.swaps.append((len(self.shapes), ops, seconds))
+        return seconds
+
+    def discard_swapped(self, request_id: str) -> None:
+        self.inner.discard_swapped(request_id)
 
 
 @dataclass
@@ -105,7 +122,10 @@ def replay(
                 index_of[handle.request_id] = i
                 lag[i] = now - (origin + arrivals[i])
                 i += 1
+            executed = len(recorder.shapes)
             if engine.has_unfinished and surge.step() is not None:
+                if len(recorder.shapes) == executed:  # a step of swap copies alone: no batch ran
+                    recorder.shapes.append(([], []))
                 after_idle.append(idle)
                 idle = False
                 continue
@@ -121,15 +141,24 @@ def replay(
     requests = engine.metrics.requests_frame().iloc[n_done0:].copy()
     requests.insert(0, "index", requests["request_id"].map(index_of))
     requests = requests.sort_values("index").reset_index(drop=True)
+    failed = requests[requests["status"] != "finished"]
+    if len(failed):
+        first = failed.iloc[0]
+        raise RuntimeError(
+            f"{len(failed)} of {n_req} replayed requests did not finish; request {first['index']}: "
+            f"{first['finish_reason']}: {first['message']}"
+        )
     for col in TIME_COLUMNS:
         requests[col] = requests[col] - origin
     plans = plan_table(outcomes, steps, index_of)
-    steps = _with_step_timing(steps, outcomes, recorder.shapes, after_idle, origin)
+    steps = _with_step_timing(steps, outcomes, recorder, after_idle, origin)
     return ReplayResult(requests, steps, plans, wall, lag)
 
 
-def warm_up(surge: vSurge, geometry: EngineGeometry) -> float:
-    """Compile every shape FCFS can produce: one prefill per token bucket, one decode batch per seq bucket."""
+def warm_up(surge: vSurge, geometry: EngineGeometry, mixed: bool = False) -> float:
+    """Compile every shape FCFS can produce: one prefill per token bucket, one decode batch per seq bucket; with
+    ``mixed`` every (token bucket, seq bucket) pair a policy that mixes prefill chunks and decodes can produce; with
+    swap preemption, the K/V copies of every padded size. Returns the seconds it took."""
     from odrive.allocators import make_allocator
     from odrive.profiling.grid import GridPoint
     from odrive.profiling.profiler import build_batch
@@ -138,23 +167,44 @@ def warm_up(surge: vSurge, geometry: EngineGeometry) -> float:
     ex = surge.executor
     rng = np.random.default_rng(0)
     num_pages = surge.engine.allocator.num_pages
-    shapes = [((q,), (q,)) for q in geometry.token_buckets if q <= surge.engine.scheduler.config.max_prefill_length]
+    config = surge.engine.scheduler.config
+    shapes = [((q,), (q,)) for q in geometry.token_buckets if q <= config.max_prefill_length]
     shapes += [((1,) * b, (16,) * b) for b in geometry.seq_buckets]
+    if mixed:  # one chunk of the tokens the decodes leave, then s - 1 decodes
+        pairs = [(t, b) for t in geometry.token_buckets for b in geometry.seq_buckets if 1 < b < t]
+        shapes += [((t - b + 1, *(1,) * (b - 1)), (t - b + 1, *(16,) * (b - 1))) for t, b in pairs
+                   if t - b + 1 <= config.max_prefill_length]  # fmt: skip
     for q, kv in shapes:
         alloc = make_allocator("free-list", num_pages=num_pages, page_size=geometry.page_size)
         batch = build_batch(GridPoint("warmup", geometry.page_size, q, kv), alloc, ex.model.config.vocab_size, rng)
         for _ in range(2):
             ex.execute(batch)
+    if config.preemption_mode == "swap":
+        sizes = {}  # padded pool rows -> pages: one copy of each size compiles it
+        for n in range(1, min(geometry.pages_per_seq, num_pages - 1) + 1):
+            sizes.setdefault(padded_swap_rows(ex.model.config.num_hidden_layers, n), n)
+        for n in sizes.values():
+            pages = list(range(1, n + 1))
+            ex.swap(SwapOps({"warm-up": pages}, {}, geometry.page_size))
+            ex.swap(SwapOps({}, {"warm-up": pages}, geometry.page_size))
     return time.perf_counter() - t0
 
 
-def step_shapes(steps: pd.DataFrame, geometry: EngineGeometry) -> tuple[list[StepFeatures], list[bool], list[bool]]:
-    """Features of a replay's steps (``ReplayResult.steps``), whether each was ``switched`` (its compiled shape
-    differs from the previous step's, or the engine had idled) and whether it started after idleness — as the
-    simulator charges them."""
-    features, switched, last = [], [], None
+def step_shapes(
+    steps: pd.DataFrame, geometry: EngineGeometry
+) -> tuple[list[StepFeatures | None], list[bool], list[bool]]:
+    """Features of a replay's steps (``ReplayResult.steps``; None for a step of swap copies alone), whether each was
+    ``switched`` (its compiled shape differs from the previous step's, or the engine had idled) and whether it
+    started after idleness — as the simulator charges them."""
+    features: list[StepFeatures | None] = []
+    switched, last = [], None
     for q, kv, idle in zip(steps["q_lens"], steps["kv_lens"], steps["after_idle"], strict=True):
-        f = step_features(parse_lens(q), parse_lens(kv), geometry)
+        q_lens = parse_lens(q)
+        if not q_lens:
+            features.append(None)
+            switched.append(bool(idle))
+            continue
+        f = step_features(q_lens, parse_lens(kv), geometry)
         shape = (f.padded_tokens, f.padded_seqs)
         features.append(f)
         switched.append(shape != last or bool(idle))
@@ -163,13 +213,16 @@ def step_shapes(steps: pd.DataFrame, geometry: EngineGeometry) -> tuple[list[Ste
 
 
 def _with_step_timing(
-    steps: pd.DataFrame,
-    outcomes: list[StepOutcome],
-    shapes: list[tuple[list[int], list[int]]],
-    after_idle: list[bool],
-    origin: float,
+    steps: pd.DataFrame, outcomes: list[StepOutcome], recorder: ShapeRecorder, after_idle: list[bool], origin: float
 ) -> pd.DataFrame:
-    steps = steps.copy()
+    steps, shapes = steps.copy(), recorder.shapes
+    swaps: dict[int, tuple[SwapOps, float]] = {k: (ops, sec) for k, ops, sec in recorder.swaps}
+    for kind in ("out", "in"):  # pages each request moved (";"-joined, as the executor copies them request by request)
+        steps[f"swap_{kind}"] = [
+            format_lens(len(p) for p in getattr(swaps[k][0], f"swap_{kind}").values()) if k in swaps else ""
+            for k in range(len(steps))
+        ]
+    steps["swap_s"] = [swaps[k][1] if k in swaps else 0.0 for k in range(len(steps))]
     starts = np.array([o.start for o in outcomes])
     steps["time"] = starts - origin
     steps["exec_s"] = [o.duration for o in outcomes]

@@ -116,6 +116,8 @@ def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAU
         frame["period_s"] = steps["period_s"].to_numpy()
         frames.append(frame.dropna(subset=["period_s"]))
     out = pd.concat(frames, ignore_index=True)
-    log(f"replay calibration: {len(runs)} workloads, {len(out)} back-to-back steps "
-        f"(closed burst {throughput:.1f} req/s)")
+    log(
+        f"replay calibration: {len(runs)} workloads, {len(out)} back-to-back steps "
+        f"(closed burst {throughput:.1f} req/s)"
+    )
     return out

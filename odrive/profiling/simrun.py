@@ -4,10 +4,12 @@ every plan recorded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from odrive.allocators.prefix_cache import PrefixCacheStats
+from odrive.engine import SwapStats
 from odrive.profiling.plans import plan_table, record_outcomes, sim_request_index
 from sim.config import SimConfig
 from sim.executor import SimExecutor, swap_rates
@@ -23,6 +25,8 @@ class SimRun:
     result: SimResult
     requests: pd.DataFrame  # result.requests plus ``index`` (workload row)
     plans: pd.DataFrame | None = None
+    swap_stats: SwapStats = field(default_factory=SwapStats)  # the engine's swap preemption traffic
+    prefix_stats: PrefixCacheStats | None = None  # the prefix cache's counters (None without one)
 
 
 def simulate_calibrated(
@@ -63,4 +67,5 @@ def simulate_calibrated(
     requests.insert(0, "index", requests["request_id"].map(sim_request_index))
     requests = requests.sort_values("index").reset_index(drop=True)
     plans = plan_table(outcomes, result.steps, sim_request_index) if outcomes is not None else None
-    return SimRun(result, requests, plans)
+    prefix = getattr(engine.allocator, "prefix_stats", None)
+    return SimRun(result, requests, plans, engine.swap_stats, prefix() if prefix is not None else None)

@@ -25,7 +25,7 @@ The accelerator passed by the registry is ignored: the profile *is* the device.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from odrive.profiling.features import (
     EngineGeometry,
     StepFeatures,
     decode_run_features,
+    padded_swap_rows,
     step_features,
 )
 from odrive.profiling.fit import ProfileFit, fit_profile
@@ -121,6 +122,14 @@ class CalibratedLatencyModel(LatencyModel):
     def time_of(self, features: StepFeatures, switched: bool = False, idle: bool = False) -> float:
         row = np.array([[getattr(features, c) for c in FEATURE_COLUMNS]], dtype=np.float64)
         return float(self.time_of_rows(row, switched or idle, idle)[0])
+
+    def swap_time(self, pages_out: Sequence[int], pages_in: Sequence[int]) -> float | None:
+        """Seconds of one step's swap copies (pages per request moved to the host, then back) as the profile
+        measured them (:func:`odrive.profiling.profiler.measure_swaps`), at ``speed``; None when it measured none."""
+        layers = int(self.profile.meta.get("model", {}).get("config", {}).get("num_hidden_layers", 0))
+        rows_out, rows_in = ([padded_swap_rows(layers, n) for n in pages if n] for pages in (pages_out, pages_in))
+        seconds = self.fit.predict_swap(rows_out, rows_in) if layers else None
+        return None if seconds is None else self.speed * seconds
 
     # --- exact path: per-sequence lengths ---------------------------------------------------------
     def step_time_chunks(
@@ -246,9 +255,11 @@ class CalibratedSimExecutor(HostSwap, Executor):
     a step whose compiled shape differs from the previous step's — or, given the simulator's ``clock``, that
     starts after the engine sat idle.
 
-    Swap preemption costs what ``SimExecutor`` charges (:class:`~sim.host_swap.HostSwap`); the profile knows no
-    host link, so ``kv_bytes_per_token`` and ``host_bandwidth`` must be passed (``build_engine`` passes the
-    SimConfig's model spec and accelerator). The copies keep the engine busy: a step after them is not idle."""
+    Swap preemption costs what the profile measured the real engine's copies to cost
+    (:meth:`CalibratedLatencyModel.swap_time`); a profile without swap measurements falls back on what
+    ``SimExecutor`` charges (:class:`~sim.host_swap.HostSwap`: ``kv_bytes_per_token`` over ``host_bandwidth``, which
+    ``build_engine`` passes from the SimConfig's model spec and accelerator). The copies keep the engine busy: a step
+    after them is not idle."""
 
     supports_decode_runs = True
 
@@ -289,6 +300,10 @@ class CalibratedSimExecutor(HostSwap, Executor):
             now = self.clock()
             at, copies = self._swapped
             self._busy_until = now + (copies if at == now else 0.0) + seconds
+
+    def swap_seconds(self, ops: SwapOps) -> float:
+        measured = self.model.swap_time([len(p) for p in ops.swap_out.values()], [len(p) for p in ops.swap_in.values()])
+        return measured if measured is not None else super().swap_seconds(ops)
 
     def swap(self, ops: SwapOps) -> float:
         seconds = self.swap_seconds(ops)

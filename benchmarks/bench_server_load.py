@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from checkpoints import build_tiny_checkpoint  # noqa: E402
 
+from odrive.batch_builder import power_of_two_buckets  # noqa: E402
 from odrive.bench.cli import request_specs  # noqa: E402
 from odrive.bench.client import BenchRun, replay_async  # noqa: E402
 from odrive.metrics import summarize  # noqa: E402
-from odrive.runtime.batch_builder import power_of_two_buckets  # noqa: E402
 from odrive.schedulers.config import default_prefill_buckets  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.simulator import simulate  # noqa: E402

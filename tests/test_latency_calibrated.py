@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odrive.executor import SeqChunk
-from odrive.profiling.features import (
+from odrive.batch_builder import BatchBuilder
+from odrive.calibration.features import (
     DECODE_KV_BLOCK_TOKENS,
     FEATURE_COLUMNS,
     KV_BLOCK_TOKENS,
@@ -20,10 +20,10 @@ from odrive.profiling.features import (
     decode_run_features,
     step_features,
 )
-from odrive.profiling.fit import fit_profile
-from odrive.profiling.profile import PROFILE_DIR, Profile
+from odrive.calibration.fit import fit_profile
+from odrive.calibration.profile import PROFILE_DIR, Profile
+from odrive.executor import SeqChunk
 from odrive.request import Request
-from odrive.runtime.batch_builder import BatchBuilder
 from odrive.sampling_params import SamplingParams
 from odrive.schedulers.config import SchedulerConfig
 from sim.config import SimConfig

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from odrive.allocators import make_allocator
+from odrive.batch_builder import BatchBuilder, power_of_two_buckets
 from odrive.engine import Engine, StepOutcome
 from odrive.metrics import MetricsRecorder
 from odrive.models.checkpoint import Model, load_model
 from odrive.processor import Processor, load_processor
 from odrive.request import FinishReason, Request
-from odrive.runtime.batch_builder import BatchBuilder, power_of_two_buckets
 from odrive.runtime.jax_executor import JaxExecutor
 from odrive.runtime.memory import MemoryPlan, plan_kv_pages
 from odrive.sampling_params import SamplingParams

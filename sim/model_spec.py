@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odrive.errors import UnknownNameError
+from odrive.errors import ModelNotFoundError, ModelSourceError, UnknownNameError
 from odrive.kv_pages import DecoderShape, per_device_kv_pages
-from odrive.model_source import PACKAGED_MODELS, ModelNotFoundError, ModelSourceError, read_hf_config
+from odrive.model_source import PACKAGED_MODELS, read_hf_config
 from odrive.registry import Registry
 from sim.hardware import Accelerator
 

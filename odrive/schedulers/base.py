@@ -54,6 +54,17 @@ class Scheduler(ABC):
         some of them finish. The simulator then fast-forwards past finishes too. Default False (safe)."""
         return False
 
+    def steady_while(self, plan: StepPlan, blocked: bool) -> int:
+        """``steady_steps`` of a policy whose decode-only plan repeats while ``blocked`` (its own reason that
+        admission fails until a request arrives or finishes): ``STEADY_FOREVER`` when ``plan`` also scheduled every
+        running request, else 1."""
+        return STEADY_FOREVER if blocked and len(plan.num_scheduled_tokens) == len(self.running) else 1
+
+    def nothing_waits(self) -> bool:
+        """``steady_after_finish`` of those policies: a finish only frees pages and room in the running set; with
+        nothing waiting, nobody can use them."""
+        return not self.waiting
+
     # --- queue management ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         request.status = RequestStatus.WAITING

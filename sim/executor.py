@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
 from sim.host_swap import HostSwap, modeled_swap_seconds, swap_rates
 from sim.latency.base import LatencyModel

@@ -12,12 +12,12 @@ from mypy_extensions import mypyc_attr
 from tqdm.auto import tqdm
 
 from odrive.allocators import make_allocator
-from odrive.engine import Engine
+from odrive.core.engine import Engine
+from odrive.core.latency_histogram import LatencyHistogram
+from odrive.core.metrics import MetricsRecorder, summarize
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.latency_histogram import LatencyHistogram
-from odrive.metrics import MetricsRecorder, summarize
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import make_scheduler
 from sim.config import SimConfig
 from sim.executor import executor_for

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from odrive.allocators.base import PageAllocator
-from odrive.executor import SeqChunk
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
+from odrive.core.executor import SeqChunk
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)

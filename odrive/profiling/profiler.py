@@ -30,13 +30,13 @@ import pandas as pd
 
 from kernels import default_attention_impl_name
 from odrive.allocators import make_allocator
-from odrive.batch_builder import BatchBuilder
 from odrive.calibration.features import EngineGeometry, format_lens, padded_swap_rows, step_features
 from odrive.calibration.fit import fit_profile
 from odrive.calibration.grid import GridPoint, ProfileGrid, build_batch
 from odrive.calibration.profile import Profile
 from odrive.calibration.replay_fit import DEFAULT_REPLAY, ReplayCalibration
-from odrive.executor import SeqChunk, SwapOps
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.executor import SeqChunk, SwapOps
 from odrive.models import init_params, make_paged_forward
 from odrive.models.checkpoint import Model
 from odrive.models.config import LlamaConfig

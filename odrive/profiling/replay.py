@@ -24,10 +24,10 @@ from odrive.calibration.features import (
     step_features,
 )
 from odrive.calibration.grid import GridPoint, build_batch
-from odrive.engine import StepOutcome
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.engine import StepOutcome
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.sampling_params import SamplingParams
 from odrive.profiling.plans import plan_table, record_outcomes, stop_recording
-from odrive.sampling_params import SamplingParams
 from odrive.vsurge.driver import vSurge
 from sim.workloads.request import Workload
 

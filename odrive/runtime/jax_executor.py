@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odrive.batch_builder import BatchBuilder
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
 from odrive.models.paged_forward import PagedBatch, make_paged_forward

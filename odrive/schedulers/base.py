@@ -8,7 +8,7 @@ from collections import deque
 from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import PageAllocator
-from odrive.request import Request, RequestStatus
+from odrive.core.request import Request, RequestStatus
 from odrive.schedulers.config import SchedulerConfig
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.swap_space import SwapSpace

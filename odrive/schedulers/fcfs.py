@@ -5,7 +5,7 @@ from __future__ import annotations
 from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import PageAllocator
-from odrive.request import Request
+from odrive.core.request import Request
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.config import SchedulerConfig
 from odrive.schedulers.plan import StepPlan

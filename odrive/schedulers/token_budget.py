@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from odrive.request import Request
+from odrive.core.request import Request
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS

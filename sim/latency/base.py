@@ -12,7 +12,7 @@ from mypy_extensions import mypyc_attr
 from sim.latency.batch_shape import BatchShape
 
 if TYPE_CHECKING:
-    from odrive.executor import Executor
+    from odrive.core.executor import Executor
     from odrive.schedulers.config import SchedulerConfig
 
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from odrive.batch_builder import power_of_two_buckets
 from odrive.calibration.features import (
     FEATURE_COLUMNS,
     EngineGeometry,
@@ -42,8 +41,9 @@ from odrive.calibration.features import (
 )
 from odrive.calibration.fit import ProfileFit, fit_profile
 from odrive.calibration.profile import Profile, find_profile
+from odrive.core.batch_builder import power_of_two_buckets
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.errors import ConfigError
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
 from sim.hardware import Accelerator
 from sim.host_swap import HostSwap

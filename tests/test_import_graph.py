@@ -1,5 +1,5 @@
 """The layers of the project, read from its import graph (``tests/import_graph.py``: every import of every file,
-at module level or inside a function).
+at module level or inside a function; ``LAYERS`` and ``ALLOWED`` there).
 
 Bottom to top, each layer imports only the layers listed for it in ``ALLOWED``:
 
@@ -24,47 +24,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from import_graph import ROOT, ImportGraph, build_graph, cycles
-
-# the engine core, its policies (public packages of their own) and the errors every layer raises
-CORE = ("odrive.core", "odrive.allocators", "odrive.schedulers", "odrive.errors")
-LAYERS: dict[str, tuple[str, ...]] = {  # a module belongs to the layer of its longest matching prefix
-    "core": CORE,
-    "calibration": ("odrive.calibration",),
-    "support": ("odrive.accel", "odrive.bench.results", "odrive.cli_errors", "odrive.gguf_convert",
-                "odrive.gguf_file", "odrive.gguf_tokenizer", "odrive.model_source"),  # fmt: skip
-    "sim": ("sim",),
-    "kernels": ("kernels",),
-    "real": ("odrive", "odrive.generate_cli", "odrive.models", "odrive.parallel", "odrive.processor",
-             "odrive.runtime", "odrive.server", "odrive.vsurge"),  # fmt: skip
-    "tools": ("odrive.bench", "odrive.cli", "odrive.profiling"),
-    "experiments": ("experiments",),
-}
-ALLOWED: dict[str, set[str]] = {
-    "core": {"core"},
-    "calibration": {"core", "calibration"},
-    "support": {"core", "support"},
-    "sim": {"core", "calibration", "support", "sim"},
-    "kernels": {"kernels"},
-    "real": {"core", "support", "kernels", "real"},
-    "tools": {"core", "calibration", "support", "sim", "kernels", "real", "tools"},
-    "experiments": set(LAYERS),
-}
-NO_JAX = ("core", "calibration", "support", "sim")
-CORE_THIRD_PARTY = {"numpy", "pandas", "mypy_extensions"}
+from import_graph import (
+    ALLOWED,
+    CORE_THIRD_PARTY,
+    DOC,
+    NO_JAX,
+    ROOT,
+    ImportGraph,
+    build_graph,
+    cycles,
+    document_block,
+    layer_of,
+    mermaid,
+)
 
 
 @pytest.fixture(scope="module")
 def graph() -> ImportGraph:
     return build_graph()
-
-
-def layer_of(module: str) -> str:
-    best = max(((p, name) for name, prefixes in LAYERS.items() for p in prefixes
-                if module == p or module.startswith(p + ".")), default=None)  # fmt: skip
-    if best is None:
-        raise AssertionError(f"{module} is in no layer: add it to LAYERS in {Path(__file__).name}")
-    return best[1]
 
 
 def where(graph: ImportGraph, source: str, line: int) -> str:
@@ -135,3 +112,7 @@ def test_the_graph_sees_relative_and_function_local_imports(tmp_path: Path) -> N
         ("odrive.a", "odrive.sub.b", True), ("odrive.sub", "odrive.sub.b", False), ("odrive.sub.b", "odrive.a", False)
     }  # fmt: skip
     assert cycles(g.edges()) == [["odrive.a", "odrive.sub.b"]]
+
+
+def test_the_architecture_diagram_is_generated_from_the_graph(graph: ImportGraph) -> None:
+    assert document_block(DOC.read_text()) == mermaid(graph), "run `python tests/import_graph.py` to regenerate it"

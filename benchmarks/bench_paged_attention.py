@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +25,9 @@ import numpy as np
 from kernels import get_attention_impl, ragged_paged_attention_blocked
 from kernels.pallas_attention import PALLAS_BACKENDS
 from kernels.softmax import masked_softmax
-from kernels.testing import PagedBatch, make_paged_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from paged_batches import PagedBatch, make_paged_batch  # noqa: E402 - the tests' random paged batches
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from checkpoints import build_tiny_checkpoint  # noqa: E402
 
 from odrive.bench.cli import request_specs  # noqa: E402
 from odrive.bench.client import BenchRun, replay_async  # noqa: E402
-from odrive.metrics import summarize  # noqa: E402
-from odrive.runtime.batch_builder import power_of_two_buckets  # noqa: E402
+from odrive.core.batch_builder import power_of_two_buckets  # noqa: E402
+from odrive.core.metrics import summarize  # noqa: E402
 from odrive.schedulers.config import default_prefill_buckets  # noqa: E402
 from sim.config import SimConfig  # noqa: E402
 from sim.simulator import simulate  # noqa: E402
@@ -114,7 +114,7 @@ def warm_up(url: str, args: argparse.Namespace) -> float:
 
 
 def server_frame(run: BenchRun, workload: Workload) -> pd.DataFrame:
-    """The client's timings as an ``odrive.metrics`` requests frame (so both sides share ``summarize``)."""
+    """The client's timings as an ``odrive.core.metrics`` requests frame (so both sides share ``summarize``)."""
     df = run.requests_frame().assign(num_preemptions=0, num_cached_tokens=0)
     mismatched = int((df["num_output_tokens"].to_numpy() != workload.output_lens).sum())
     if mismatched:

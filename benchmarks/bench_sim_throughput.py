@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     piece = workload.slice(args.slice)
     fast = min(timed_run(config, piece)[0] for _ in range(args.repeat))
     slow = min(timed_run(config, piece, fast_forward=False)[0] for _ in range(args.repeat))
-    from odrive import engine
+    from odrive.core import engine
 
     return {"requests": len(workload), "wall_s": best, "rate": len(workload) / best, "slice": len(piece),
             "slice_ff": len(piece) / fast, "slice_step": len(piece) / slow,
@@ -86,7 +86,7 @@ def main() -> None:
                            capture_output=True, text=True, check=True)  # fmt: skip
     compiled = json.loads(child.stdout)
     if not compiled["compiled"]:
-        raise SystemExit("the compiled build did not load (odrive.engine came from its .py)")
+        raise SystemExit("the compiled build did not load (odrive.core.engine came from its .py)")
     report("compiled", compiled)
     print(f"compiled / source: full trace x{compiled['rate'] / source['rate']:.2f}, "
           f"slice fast-forward x{compiled['slice_ff'] / source['slice_ff']:.2f}, "

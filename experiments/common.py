@@ -74,8 +74,8 @@ def note(message: str) -> None:
 
 
 def registered(kind: str, wanted: Iterable[str] | None) -> list[str]:
-    """The wanted allocator/scheduler names that are registered now (all registered ones if None);
-    prints a note for each one that is not (yet)."""
+    """The wanted allocator/scheduler names that are registered (all registered ones if None); prints a note for
+    each one that is not."""
     registry = {"allocator": ALLOCATORS, "scheduler": SCHEDULERS}[kind]
     names = registry.names()
     if wanted is None:
@@ -85,7 +85,7 @@ def registered(kind: str, wanted: Iterable[str] | None) -> list[str]:
         if name in names:
             found.append(name)
         else:
-            note(f"{kind} {name!r} is not registered yet; skipped (registered: {', '.join(names)})")
+            note(f"{kind} {name!r} is not registered; skipped (registered: {', '.join(names)})")
     return found
 
 

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     wanted = args.allocators or [a for a in ALLOCATORS_OF_INTEREST if a in ALLOCATORS.names()]
     allocators = registered("allocator", wanted)
     if "contiguous" not in allocators:
-        note("allocator 'contiguous' (max-length reservation) is not registered yet: paged allocators only")
+        note("allocator 'contiguous' (max-length reservation) not in this run: paged allocators only")
     grid = expand_grid(_grid(args, page_sizes, allocators))
     kw = sweep_kwargs(args)
     headline = [p for p in grid.points if p.config.page_size == HEADLINE_PAGE_SIZE]

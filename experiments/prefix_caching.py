@@ -5,7 +5,6 @@ system prompts, and multi-turn conversations whose next prompt repeats the conve
 on the ``prefix-cache`` allocator and on the ``free-list`` baseline at several request rates; every
 registered cache-related scheduler (``fcfs``, ``cache-aware``) is tried. Hit rate = prompt tokens served
 from the cache / prompt tokens; gains compare each run with the same scheduler and load on ``free-list``.
-Exits 0 with a note when the prefix cache or the workloads are not available yet.
 
     python -m experiments.prefix_caching            # 2 rates, small workloads (seconds)
     python -m experiments.prefix_caching --full     # more rates and system-prompt lengths (minutes)
@@ -15,7 +14,6 @@ Exits 0 with a note when the prefix cache or the workloads are not available yet
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,7 +23,6 @@ from experiments.common import (
     MARKERS,
     add_common_arguments,
     log_ticks,
-    note,
     ok_rows,
     plain_log_labels,
     print_table,
@@ -36,10 +33,9 @@ from experiments.common import (
     sweep_kwargs,
     write_table,
 )
-from odrive.allocators import ALLOCATORS
 from odrive.cli_errors import CLIParser, cli_main
 from sim.sweep import run_sweep
-from sim.workloads import WORKLOAD_KINDS
+from sim.workloads import WORKLOAD_KINDS  # its import registers the shared-prefix: and multi-turn: kinds
 
 NAME = "prefix_caching"
 CACHE_ALLOCATOR, BASELINE_ALLOCATOR = "prefix-cache", "free-list"
@@ -73,16 +69,8 @@ TABLE_COLUMNS = [
 
 
 def available_workloads() -> list[str]:
-    """The shared-prefix workload names whose spec kind is registered (notes the missing ones)."""
-    try:
-        importlib.import_module("sim.workloads.shared_prefix")  # registers shared-prefix: and multi-turn:
-    except ModuleNotFoundError:
-        note("sim/workloads/shared_prefix.py is not available yet")
-    found = [name for name, kind in KINDS.items() if kind in WORKLOAD_KINDS]
-    for name, kind in KINDS.items():
-        if kind not in WORKLOAD_KINDS:
-            note(f"workload kind {kind!r} ({name}) is not registered yet; skipped")
-    return found
+    """The shared-prefix workload names (``sim.workloads`` registers their spec kinds)."""
+    return [name for name, kind in KINDS.items() if kind in WORKLOAD_KINDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,12 +160,6 @@ def run(args: argparse.Namespace) -> pd.DataFrame | None:
     if args.replot:
         return report(read_table(args.out / f"{NAME}.csv"), args)
     names = available_workloads()
-    if CACHE_ALLOCATOR not in ALLOCATORS:
-        note(f"allocator {CACHE_ALLOCATOR!r} is not registered yet: nothing to measure")
-        return None
-    if not names:
-        note("no shared-prefix workloads are available yet: nothing to measure")
-        return None
     schedulers = registered("scheduler", args.schedulers or [s for s in SCHEDULERS_OF_INTEREST])
     grid = []
     for name in names:

@@ -70,12 +70,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from odrive.calibration.features import EngineGeometry  # noqa: E402
+from odrive.calibration.profile import PROFILE_DIR, Profile, find_profile  # noqa: E402
 from odrive.cli_errors import CLIParser, cli_main  # noqa: E402
 from odrive.profiling.closed import ClosedComparison, closed, compare_closed  # noqa: E402
 from odrive.profiling.compare import error_rows, median_run, per_request  # noqa: E402
-from odrive.profiling.features import EngineGeometry  # noqa: E402
 from odrive.profiling.pinning import PIN_MODES, current_pinning, pin_as_profiled  # noqa: E402
-from odrive.profiling.profile import PROFILE_DIR, Profile, find_profile  # noqa: E402
 from odrive.profiling.simrun import SimRun, simulate_calibrated  # noqa: E402
 from sim.cli import _option  # noqa: E402 - odrive sim's NAME=VALUE reader
 from sim.config import SimConfig  # noqa: E402

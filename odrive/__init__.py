@@ -1,12 +1,12 @@
 """odrive: simulator-first paged-attention LLM inference in JAX."""
 
 from odrive.allocators import ALLOCATORS, PageAllocator, make_allocator
-from odrive.engine import Engine, StepOutcome
+from odrive.core.engine import Engine, StepOutcome
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk
+from odrive.core.metrics import MetricsRecorder, summarize
+from odrive.core.request import FinishReason, Request, RequestStatus
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import ConfigError, InvariantViolation
-from odrive.executor import ExecuteResult, Executor, SeqChunk
-from odrive.metrics import MetricsRecorder, summarize
-from odrive.request import FinishReason, Request, RequestStatus
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import SCHEDULERS, Scheduler, SchedulerConfig, StepPlan, make_scheduler
 
 __all__ = [

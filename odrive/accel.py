@@ -6,7 +6,7 @@ loop are plain, fully typed Python; mypyc compiles those modules to C extensions
 ``COMPILED_MODULES`` there; ``run`` starts a command with that folder first on ``PYTHONPATH``, so the same code,
 policies and registries load compiled. The source tree is never touched: editing a policy never leaves a stale
 binary shadowing it, and a build whose sources changed since is rebuilt before it is used (``run``;
-``check`` tells). ``python -c "import odrive.accel as a, odrive.engine as e; print(a.is_compiled(e))"`` under
+``check`` tells). ``python -c "import odrive.accel as a, odrive.core.engine as e; print(a.is_compiled(e))"`` under
 ``run`` prints True. User-defined
 schedulers, allocators, executors and latency models still subclass the compiled bases (they run interpreted).
 
@@ -29,11 +29,11 @@ from pathlib import Path
 PACKAGES = ("odrive", "sim")
 SHARED_DIRS = ("data",)
 COMPILED_MODULES = (
-    "odrive/request.py",
-    "odrive/executor.py",
-    "odrive/metrics.py",
-    "odrive/decode_runs.py",
-    "odrive/engine.py",
+    "odrive/core/request.py",
+    "odrive/core/executor.py",
+    "odrive/core/metrics.py",
+    "odrive/core/decode_runs.py",
+    "odrive/core/engine.py",
     "odrive/allocators/base.py",
     "odrive/allocators/free_list.py",
     "odrive/schedulers/config.py",

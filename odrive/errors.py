@@ -33,3 +33,12 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ModelSourceError(UserError, ValueError):
+    """A model file or folder this project cannot load (the message says why)."""
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model reference that names nothing: no such path, an unknown name, or a package that is not installed
+    (the message says what was tried and the ``pip install`` that fixes it)."""

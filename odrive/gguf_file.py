@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from odrive.model_source import ModelSourceError
+from odrive.errors import ModelSourceError
 
 # GGUF ``general.architecture`` -> HF model_type.
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}

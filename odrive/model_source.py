@@ -14,18 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from odrive.errors import UserError
+from odrive.errors import ModelNotFoundError, ModelSourceError
 
 GGUF_MAGIC = b"GGUF"
-
-
-class ModelSourceError(UserError, ValueError):
-    """A model file or folder this project cannot load (the message says why)."""
-
-
-class ModelNotFoundError(UserError, FileNotFoundError):
-    """A model reference that names nothing: no such path, an unknown name, or a package that is not installed
-    (the message says what was tried and the ``pip install`` that fixes it)."""
 
 
 @dataclass(frozen=True)

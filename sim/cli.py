@@ -11,7 +11,7 @@ import pandas as pd
 from odrive.allocators import ALLOCATORS
 from odrive.bench.results import add_result_arguments, goodput_of, run_duration, serving_results, write_results
 from odrive.cli_errors import CLIParser, check_served, cli_main, quiet_empty_figure, user_input
-from odrive.latency_histogram import LatencyHistogram
+from odrive.core.latency_histogram import LatencyHistogram
 from odrive.schedulers import PREEMPTION_MODES, SCHEDULERS
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS

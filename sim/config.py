@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
-
-if TYPE_CHECKING:
-    from sim.model_spec import ModelSpec
+from sim.model_spec import ModelSpec, get_model_spec
 
 GiB = 2**30
 
@@ -81,8 +79,6 @@ class SimConfig:
 
     def model_spec(self) -> ModelSpec:
         """The spec of ``model`` (a preset, a checkpoint folder, a GGUF file or a packaged name)."""
-        from sim.model_spec import get_model_spec
-
         return get_model_spec(self.model)
 
     def host_swap_pages(self) -> int:

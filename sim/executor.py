@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
 from sim.host_swap import HostSwap, modeled_swap_seconds, swap_rates
 from sim.latency.base import LatencyModel
 from sim.latency.batch_shape import BatchShape
 from sim.model_spec import causal_attention_pairs
 
-__all__ = ["HostSwap", "SimExecutor", "swap_rates"]
+__all__ = ["HostSwap", "SimExecutor", "executor_for", "swap_rates"]
 
 SHORT_CHAIN_STEPS = 256  # decode runs up to this long are timed step by step (see ``decode_chain_until``)
 
@@ -111,3 +112,25 @@ class SimExecutor(Executor):
         num_seqs = len(batch) - gone
         kv_left = np.concatenate(([0], np.cumsum(kv0[::-1])))[::-1]  # kv_left[j] = sum of kv0[j:]
         return self.latency_model.decode_step_times(num_seqs, kv_left[gone] + num_seqs * s)
+
+
+def executor_for(
+    latency_model: LatencyModel,
+    scheduler_config: SchedulerConfig,
+    *,
+    page_size: int | None = None,
+    max_length: int | None = None,
+    clock: Callable[[], float] | None = None,
+    kv_bytes_per_token: float | None = None,
+    host_bandwidth: float | None = None,
+) -> Executor:
+    """The executor that times steps with ``latency_model``: its own (:meth:`LatencyModel.make_executor`, e.g. the
+    exact ``CalibratedSimExecutor``), else the stock :class:`SimExecutor`."""
+    own = latency_model.make_executor(
+        scheduler_config, page_size=page_size, max_length=max_length, clock=clock,
+        kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth,
+    )  # fmt: skip
+    if own is not None:
+        return own
+    return SimExecutor(latency_model, scheduler_config, kv_bytes_per_token=kv_bytes_per_token,
+                       host_bandwidth=host_bandwidth)  # fmt: skip

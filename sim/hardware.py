@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from odrive.registry import Registry
+from odrive.core.registry import Registry
 
 GB = 10**9
 GiB = 2**30

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from odrive.core.executor import SwapOps
 from odrive.errors import ConfigError
-from odrive.executor import SwapOps
 
 if TYPE_CHECKING:
     from sim.hardware import Accelerator

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odrive.errors import UnknownNameError
-from odrive.kv_pages import DecoderShape, per_device_kv_pages
-from odrive.model_source import PACKAGED_MODELS, ModelNotFoundError, ModelSourceError, read_hf_config
-from odrive.registry import Registry
+from odrive.core.kv_pages import DecoderShape, per_device_kv_pages
+from odrive.core.registry import Registry
+from odrive.errors import ModelNotFoundError, ModelSourceError, UnknownNameError
+from odrive.model_source import PACKAGED_MODELS, read_hf_config
 from sim.hardware import Accelerator
 
 _HF_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "bf16": 2, "fp16": 2, "fp32": 4}
@@ -74,7 +74,7 @@ class ModelSpec:
 
     @property
     def decoder(self) -> DecoderShape:
-        """The sizes the engine core sizes memory from (:mod:`odrive.kv_pages`, shared with the real engine)."""
+        """The sizes the engine core sizes memory from (:mod:`odrive.core.kv_pages`, shared with the real engine)."""
         return DecoderShape(
             self.num_layers, self.hidden_size, self.num_q_heads, self.num_kv_heads, self.head_dim,
             self.intermediate_size, self.vocab_size, self.tie_word_embeddings, self.qkv_bias, self.qk_norm,
@@ -167,7 +167,7 @@ def num_kv_pages(
     """KV-cache pages that fit on one device: ``floor((hbm_bytes * hbm_utilization - weight_bytes) / page_bytes)``.
 
     ``accelerator`` may be an :class:`Accelerator` or a plain byte count (e.g. measured device memory). The formula
-    is the real engine's (:func:`odrive.kv_pages.per_device_kv_pages`); with ``tp > 1`` it is per device, with
+    is the real engine's (:func:`odrive.core.kv_pages.per_device_kv_pages`); with ``tp > 1`` it is per device, with
     the weights split as the real engine shards them (matmuls split, embeddings and norms replicated) and each
     page's bytes for ``ceil(num_kv_heads / tp)`` heads.
     """

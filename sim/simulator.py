@@ -12,14 +12,15 @@ from mypy_extensions import mypyc_attr
 from tqdm.auto import tqdm
 
 from odrive.allocators import make_allocator
-from odrive.engine import Engine
+from odrive.core.engine import Engine
+from odrive.core.latency_histogram import LatencyHistogram
+from odrive.core.metrics import MetricsRecorder, summarize
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.latency_histogram import LatencyHistogram
-from odrive.metrics import MetricsRecorder, summarize
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import make_scheduler
 from sim.config import SimConfig
+from sim.executor import executor_for
 from sim.hardware import get_accelerator
 from sim.host_swap import swap_rates
 from sim.latency.registry import get_latency_model
@@ -44,7 +45,7 @@ def build_engine(
     config: SimConfig, metrics: MetricsRecorder | None = None, clock: Callable[[], float] | None = None
 ) -> Engine:
     """The same Engine the real backend uses, with page count from the model and the executor the latency model
-    asks for (:meth:`LatencyModel.make_executor`: ``SimExecutor`` by default, the exact
+    asks for (:func:`sim.executor.executor_for`: ``SimExecutor`` by default, the exact
     ``CalibratedSimExecutor`` for ``calibrated``). ``clock``: the simulator's current time (the calibrated
     executor charges a switch penalty after idleness; without a clock only on compiled-shape changes). The
     engine's longest sequence is ``vSurge``'s default, ``2 × max_prefill_length`` (``SimConfig`` sets no
@@ -64,8 +65,8 @@ def build_engine(
         latency_kwargs["tp"] = config.tp
     latency = get_latency_model(config.latency_model, accelerator=accelerator, model=model, **latency_kwargs)
     kv_bytes_per_token, host_bandwidth = swap_rates(model, accelerator, config.tp)
-    executor = latency.make_executor(
-        sched_cfg, page_size=config.page_size, max_length=sched_cfg.max_model_len, clock=clock,
+    executor = executor_for(
+        latency, sched_cfg, page_size=config.page_size, max_length=sched_cfg.max_model_len, clock=clock,
         kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth,
     )  # fmt: skip
     return Engine(

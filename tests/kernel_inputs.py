@@ -12,9 +12,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from paged_batches import PagedBatch, make_paged_batch
 
 from kernels.mask import first_visible
-from kernels.testing import PagedBatch, make_paged_batch
 
 
 def build_batch(

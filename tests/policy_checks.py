@@ -13,8 +13,8 @@ import pandas as pd
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from odrive.engine import Engine
-from odrive.executor import ExecuteResult, SeqChunk
+from odrive.core.engine import Engine
+from odrive.core.executor import ExecuteResult, SeqChunk
 from odrive.schedulers import Scheduler
 from sim.config import SimConfig
 from sim.executor import SimExecutor

@@ -24,7 +24,7 @@ SCENARIOS = '''
 import pickle, sys
 from dataclasses import replace
 import numpy as np
-import odrive.accel as accel, odrive.engine, odrive.schedulers.fcfs, sim.simulator, sim.latency.roofline
+import odrive.accel as accel, odrive.core.engine, odrive.schedulers.fcfs, sim.simulator, sim.latency.roofline
 from odrive.schedulers import FCFSScheduler, SCHEDULERS
 from sim.config import SimConfig
 from sim.simulator import Simulator
@@ -54,7 +54,7 @@ out = {}
 for name, (config, workload) in runs.items():
     r = Simulator(config, workload).run()
     out[name] = (r.requests, r.steps, r.summary, r.free_pages_at_end)
-modules = [odrive.engine, odrive.schedulers.fcfs, sim.simulator, sim.latency.roofline]
+modules = [odrive.core.engine, odrive.schedulers.fcfs, sim.simulator, sim.latency.roofline]
 out["compiled"] = [accel.is_compiled(m) for m in modules]
 pickle.dump(out, open(sys.argv[1], "wb"))
 '''

@@ -12,9 +12,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from odrive.allocators import ALLOCATORS, PageAllocator, PrefixCacheAllocator, make_allocator
 from odrive.allocators.block_hash import ROOT_HASH, extend_block_hashes, hash_block
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
 
 STEMS = ((1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 4, 9, 9), (7, 7, 7, 7, 7, 7))
 PARAMS = SamplingParams(max_tokens=1000, ignore_eos=True)

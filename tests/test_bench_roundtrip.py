@@ -28,11 +28,11 @@ pytest.importorskip("uvicorn")
 
 import odrive  # noqa: E402
 from odrive.bench.compare import comparison, format_comparison  # noqa: E402
+from odrive.calibration.features import EngineGeometry, format_lens  # noqa: E402
+from odrive.calibration.profile import PROFILE_DIR, Profile  # noqa: E402
 from odrive.cli import main as odrive_main  # noqa: E402
-from odrive.engine import Engine  # noqa: E402
-from odrive.profiling.features import EngineGeometry, format_lens  # noqa: E402
+from odrive.core.engine import Engine  # noqa: E402
 from odrive.profiling.probe import predict_steps, speed_of  # noqa: E402
-from odrive.profiling.profile import PROFILE_DIR, Profile  # noqa: E402
 from odrive.profiling.replay import ShapeRecorder  # noqa: E402
 from odrive.server import BackgroundServer, create_app  # noqa: E402
 from sim.config import SimConfig  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odrive.metrics import summarize
+from odrive.core.metrics import summarize
 from sim.cluster import ClusterSimulator, simulate_cluster, zipf_groups
 from sim.config import SimConfig
 from sim.simulator import simulate

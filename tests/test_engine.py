@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from odrive.allocators import make_allocator
-from odrive.decode_runs import steps_before
-from odrive.engine import Engine, StepOutcome
+from odrive.core.decode_runs import steps_before
+from odrive.core.engine import Engine, StepOutcome
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk
+from odrive.core.request import FinishReason, Request, RequestStatus
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.executor import ExecuteResult, Executor, SeqChunk
-from odrive.request import FinishReason, Request, RequestStatus
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import FCFSScheduler, Scheduler, SchedulerConfig, StepPlan, make_scheduler
 from sim.config import SimConfig
 from sim.executor import SHORT_CHAIN_STEPS, SimExecutor

@@ -9,10 +9,10 @@ import pytest
 from server_fixtures import all_pages_free, broken_surge, make_surge
 
 from odrive.allocators import make_allocator
-from odrive.engine import Engine
-from odrive.executor import ExecuteResult, Executor, SeqChunk
-from odrive.request import FinishReason, Request, RequestStatus
-from odrive.sampling_params import SamplingParams
+from odrive.core.engine import Engine
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk
+from odrive.core.request import FinishReason, Request, RequestStatus
+from odrive.core.sampling_params import SamplingParams
 from odrive.schedulers import SchedulerConfig, make_scheduler
 from odrive.vsurge import EngineFailure
 

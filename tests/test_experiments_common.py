@@ -10,7 +10,7 @@ from experiments import common
 
 def test_registered_skips_unknown_names_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
     assert common.registered("allocator", ["free-list", "not-yet-written"]) == ["free-list"]
-    assert "'not-yet-written' is not registered yet" in capsys.readouterr().out
+    assert "'not-yet-written' is not registered; skipped" in capsys.readouterr().out
     assert "fcfs" in common.registered("scheduler", None)
 
 

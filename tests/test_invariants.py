@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from odrive.allocators import FreeListAllocator, PageAllocator, make_allocator
-from odrive.engine import Engine
+from odrive.core.engine import Engine
+from odrive.core.invariants import check_plan
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.invariants import check_plan
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import FCFSScheduler, SchedulerConfig, StepPlan
 from sim.executor import SimExecutor
 from sim.latency import get_latency_model
@@ -360,12 +360,12 @@ TRIGGERED = {
 
 def test_every_named_invariant_has_a_trigger_here() -> None:
     import odrive.allocators.base
-    import odrive.decode_runs
-    import odrive.engine
-    import odrive.invariants
+    import odrive.core.decode_runs
+    import odrive.core.engine
+    import odrive.core.invariants
 
     names: set[str] = set()
-    for module in (odrive.invariants, odrive.allocators.base, odrive.engine, odrive.decode_runs):
+    for module in (odrive.core.invariants, odrive.allocators.base, odrive.core.engine, odrive.core.decode_runs):
         # The .py file itself: the module may be a compiled extension (odrive.accel) with the source beside it.
         source = (Path(module.__file__).parent / f"{module.__name__.rpartition('.')[2]}.py").read_text()
         names |= set(re.findall(r"InvariantViolation\(\s*\"([a-z0-9-]+)\"", source))

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import export
 from kernel_inputs import build_batch, check_against_dense, release_pages_outside_window
+from paged_batches import PagedBatch
 
 from kernels import ragged_paged_attention_pallas
 from kernels.pallas_attention import pallas_supports
-from kernels.testing import PagedBatch
 
 MAX_CONTEXT, NUM_TOKENS, MAX_SEQS = 24, 24, 4
 GQA = (4, 2, 16)  # (q heads, kv heads, head dim)

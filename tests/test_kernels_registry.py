@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from paged_batches import make_paged_batch
 
 from kernels import (
     ATTENTION_IMPLS,
@@ -13,7 +14,6 @@ from kernels import (
     ragged_paged_attention,
     ragged_paged_attention_reference,
 )
-from kernels.testing import make_paged_batch
 
 
 def test_names() -> None:

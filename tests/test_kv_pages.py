@@ -1,4 +1,4 @@
-"""The one per-device KV page formula (odrive.kv_pages), shared by the simulator and the real engine."""
+"""The one per-device KV page formula (odrive.core.kv_pages), shared by the simulator and the real engine."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from odrive.core.kv_pages import DecoderShape, kv_pages_fit, per_device_kv_pages
 from odrive.errors import ConfigError
-from odrive.kv_pages import DecoderShape, kv_pages_fit, per_device_kv_pages
 from odrive.models.config import LlamaConfig
 from odrive.runtime.memory import plan_kv_pages
 from sim.model_spec import MODEL_SPECS, get_model_spec, num_kv_pages
@@ -28,7 +28,7 @@ def llama_config(shape: DecoderShape) -> LlamaConfig:
 
 
 def test_the_core_imports_neither_jax_nor_the_simulator() -> None:
-    code = "import sys, odrive.kv_pages; print([m for m in sys.modules if m.split('.')[0] in ('jax', 'sim')])"
+    code = "import sys, odrive.core.kv_pages; print([m for m in sys.modules if m.split('.')[0] in ('jax', 'sim')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odrive.executor import SeqChunk
-from odrive.profiling.features import (
+from odrive.calibration.features import (
     DECODE_KV_BLOCK_TOKENS,
     FEATURE_COLUMNS,
     KV_BLOCK_TOKENS,
@@ -20,11 +19,12 @@ from odrive.profiling.features import (
     decode_run_features,
     step_features,
 )
-from odrive.profiling.fit import fit_profile
-from odrive.profiling.profile import PROFILE_DIR, Profile
-from odrive.request import Request
-from odrive.runtime.batch_builder import BatchBuilder
-from odrive.sampling_params import SamplingParams
+from odrive.calibration.fit import fit_profile
+from odrive.calibration.profile import PROFILE_DIR, Profile
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.executor import SeqChunk
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.schedulers.config import SchedulerConfig
 from sim.config import SimConfig
 from sim.latency import BatchShape, CalibratedLatencyModel, get_latency_model
@@ -372,8 +372,8 @@ def test_swap_preemption_with_the_calibrated_model() -> None:
 def test_swap_copies_keep_the_calibrated_executor_busy() -> None:
     """Copies run before the step's compute: the next step is neither idle nor switched, and a calibrated
     executor without the swap rates refuses to guess them."""
+    from odrive.core.executor import SwapOps
     from odrive.errors import ConfigError
-    from odrive.executor import SwapOps
     from sim.latency.calibrated import CalibratedSimExecutor
 
     now = [0.0]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odrive.latency_histogram import GAMMA, NUM_BUCKETS, LatencyHistogram
+from odrive.core.latency_histogram import GAMMA, NUM_BUCKETS, LatencyHistogram
 
 QS = (0, 1, 25, 50, 90, 99, 99.9, 100)
 

@@ -15,8 +15,9 @@ import pytest
 from gguf_files import write_header_only_gguf, write_tiny_gguf
 
 import odrive
+from odrive.errors import ModelNotFoundError, ModelSourceError
 from odrive.gguf_file import GGUFError, GGUFFile
-from odrive.model_source import ModelNotFoundError, ModelSourceError, resolve_model
+from odrive.model_source import resolve_model
 from odrive.models import make_dense_forward
 
 pytest.importorskip("gguf")

@@ -11,11 +11,11 @@ from policy_checks import PROPERTY, RecordingSimExecutor, assert_terminates, sce
 
 import odrive
 from odrive.allocators import make_allocator
-from odrive.engine import Engine
+from odrive.core.engine import Engine
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.request import FinishReason, Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import ConfigError
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
-from odrive.request import FinishReason, Request
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import SCHEDULERS, SchedulerConfig, make_scheduler
 from sim.config import SimConfig
 from sim.hardware import get_accelerator
@@ -231,7 +231,7 @@ def test_abort_while_swapped_out_drops_the_host_copy() -> None:
 
 
 def test_preempting_a_request_swapped_in_this_very_step_undoes_the_swap_in() -> None:
-    from odrive.invariants import check_plan
+    from odrive.core.invariants import check_plan
     from odrive.schedulers import FCFSScheduler, StepPlan
 
     cfg = SchedulerConfig(max_prefill_length=16, preemption_mode="swap", swap_space_pages=8)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odrive.profiling.features import FEATURE_COLUMNS, EngineGeometry
-from odrive.profiling.profile import Profile
+from odrive.calibration.features import FEATURE_COLUMNS, EngineGeometry
+from odrive.calibration.profile import Profile
 from sim.latency import CalibratedLatencyModel
 from sim.workloads import Workload
 

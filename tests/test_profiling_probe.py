@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from odrive.profiling.features import EngineGeometry
+from odrive.calibration.features import EngineGeometry
+from odrive.calibration.profile import PROFILE_DIR
 from odrive.profiling.probe import geometric_mean, predict_steps, speed_of
-from odrive.profiling.profile import PROFILE_DIR
 from odrive.schedulers.config import SchedulerConfig
 from sim.latency import CalibratedLatencyModel
 

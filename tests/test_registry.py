@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from odrive.core.registry import Registry
 from odrive.errors import UnknownNameError
-from odrive.registry import Registry
 
 
 def test_add_get_remove() -> None:

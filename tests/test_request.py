@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odrive.request import FinishReason, Request, RequestStatus
-from odrive.sampling_params import SamplingParams
+from odrive.core.request import FinishReason, Request, RequestStatus
+from odrive.core.sampling_params import SamplingParams
 
 
 def make(prompt: int = 5, max_tokens: int = 4) -> Request:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odrive.sampling_params import SamplingParams
+from odrive.core.sampling_params import SamplingParams
 
 
 def test_defaults() -> None:

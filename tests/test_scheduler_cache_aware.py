@@ -19,7 +19,7 @@ from policy_checks import (
 )
 
 from odrive.allocators import FreeListAllocator
-from odrive.request import Request
+from odrive.core.request import Request
 from sim.config import SimConfig
 from sim.simulator import Simulator
 from sim.workloads import Workload

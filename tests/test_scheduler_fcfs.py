@@ -13,10 +13,10 @@ from policy_checks import assert_step_rows_within_limits, by_position, pages_for
 from policy_checks import scenarios as policy_scenarios
 
 from odrive.allocators import make_allocator
-from odrive.engine import Engine
-from odrive.executor import ExecuteResult, Executor, SeqChunk
-from odrive.request import Request, RequestStatus
-from odrive.sampling_params import SamplingParams
+from odrive.core.engine import Engine
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk
+from odrive.core.request import Request, RequestStatus
+from odrive.core.sampling_params import SamplingParams
 from odrive.schedulers import FCFSScheduler, SchedulerConfig, make_scheduler
 from sim.config import SimConfig
 from sim.simulator import Simulator

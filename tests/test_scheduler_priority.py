@@ -16,7 +16,7 @@ from policy_checks import (
     simulate,
 )
 
-from odrive.request import Request
+from odrive.core.request import Request
 from sim.config import SimConfig
 from sim.simulator import Simulator
 from sim.workloads import Workload

@@ -18,9 +18,9 @@ from policy_checks import (
 )
 
 from odrive.allocators import make_allocator
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import ConfigError
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import PREDICTORS, SchedulerConfig, SJFScheduler, make_scheduler
 from odrive.schedulers.predictors import BucketMeanPredictor
 from sim.config import SimConfig

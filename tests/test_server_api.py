@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from server_fixtures import all_pages_free, serving_fixtures, slow_steps, wait_until  # noqa: E402
 
 import odrive  # noqa: E402
-from odrive.sampling_params import SamplingParams  # noqa: E402
+from odrive.core.sampling_params import SamplingParams  # noqa: E402
 from odrive.server import BackgroundServer, create_app  # noqa: E402
 
 MODEL = "tiny-llama"

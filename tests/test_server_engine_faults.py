@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx")
 
 from server_fixtures import all_pages_free, broken_surge, serving_fixtures  # noqa: E402
 
-from odrive.sampling_params import SamplingParams  # noqa: E402
+from odrive.core.sampling_params import SamplingParams  # noqa: E402
 from odrive.server import BackgroundServer, create_app  # noqa: E402
 
 MODEL = "tiny-faults"

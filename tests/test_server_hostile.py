@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from server_fixtures import all_pages_free, mixed_requests, run_concurrently, serving_fixtures  # noqa: E402
 
-from odrive.sampling_params import SamplingParams  # noqa: E402
+from odrive.core.sampling_params import SamplingParams  # noqa: E402
 from odrive.server.limits import ServerLimits  # noqa: E402
 from odrive.server.protocol import ChatCompletionRequest, CompletionRequest  # noqa: E402
 

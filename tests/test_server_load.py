@@ -15,7 +15,7 @@ openai = pytest.importorskip("openai")
 
 from server_fixtures import mixed_requests, run_concurrently, serving_fixtures  # noqa: E402
 
-from odrive.sampling_params import SamplingParams  # noqa: E402
+from odrive.core.sampling_params import SamplingParams  # noqa: E402
 
 MODEL = "tiny-load"
 NUM_REQUESTS = 200

@@ -19,7 +19,7 @@ from odrive.bench.results import (
     serving_results,
     write_results,
 )
-from odrive.latency_histogram import LatencyHistogram
+from odrive.core.latency_histogram import LatencyHistogram
 from sim.cli import main as sim_main
 
 

@@ -13,8 +13,7 @@ import jax
 import pytest
 from checkpoints import build_tiny_checkpoint
 
-from odrive.errors import UnknownNameError
-from odrive.model_source import ModelSourceError
+from odrive.errors import ModelSourceError, UnknownNameError
 from odrive.models import LlamaConfig, load_model
 from sim.cli import main as sim_main
 from sim.model_spec import ModelSpec, get_model_spec, model_spec_from

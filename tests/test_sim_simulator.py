@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from odrive.core.metrics import REQUEST_COLUMNS, STEP_COLUMNS, MetricsRecorder
 from odrive.errors import ConfigError
-from odrive.metrics import REQUEST_COLUMNS, STEP_COLUMNS, MetricsRecorder
 from sim.config import SimConfig
 from sim.hardware import get_accelerator
 from sim.model_spec import get_model_spec, num_kv_pages

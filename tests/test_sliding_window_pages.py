@@ -16,8 +16,8 @@ from hf_reference import transformers_greedy
 
 import odrive
 from odrive.allocators import NULL_PAGE, make_allocator
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from sim.config import SimConfig
 from sim.model_spec import get_model_spec, register_model_spec
 from sim.simulator import build_engine, simulate

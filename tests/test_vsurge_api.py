@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 import odrive
+from odrive.core.sampling_params import SamplingParams
 from odrive.models import dense_greedy_generate
-from odrive.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from mypy_extensions import mypyc_attr
 
+from odrive.core.request import Request
 from odrive.errors import ConfigError, InvariantViolation
-from odrive.request import Request
 
 NULL_PAGE = 0
 

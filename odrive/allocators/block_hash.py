@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from odrive.request import Request
+from odrive.core.request import Request
 
 ROOT_HASH = bytes(16)  # the parent key of a sequence's first block
 HASH_BYTES = 16

@@ -14,8 +14,8 @@ import numpy as np
 from odrive.allocators.base import NULL_PAGE, AllocatorStats, PageAllocator
 from odrive.allocators.block_hash import extend_block_hashes
 from odrive.allocators.registry import ALLOCATORS
+from odrive.core.request import Request
 from odrive.errors import InvariantViolation
-from odrive.request import Request
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Registry of page allocators by name."""
 
-from odrive.registry import Registry
+from odrive.core.registry import Registry
 
 ALLOCATORS: Registry = Registry("allocator")

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from odrive.metrics import with_latencies
+from odrive.core.metrics import with_latencies
 
 
 @dataclass
@@ -64,7 +64,7 @@ class BenchRun:
     model: str
 
     def requests_frame(self) -> pd.DataFrame:
-        """One row per request with ``odrive.metrics``' request columns (times from the run's start; a request's
+        """One row per request with ``odrive.core.metrics``' request columns (times from the run's start; a request's
         ``arrival_time`` is when it was sent) plus when it was due, and the error of a failed one."""
         t = self.timings
         frame = pd.DataFrame({

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from odrive.core.latency_histogram import LatencyHistogram
 from odrive.errors import UserError
-from odrive.latency_histogram import LatencyHistogram
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 SLO_METRICS = ("ttft", "tpot", "e2el")
@@ -136,7 +136,7 @@ def serving_results(
     """The result dict: ``info`` first (backend, model, workload, ...), then the metrics (module docstring).
 
     ``requests``: one row per request with ``status`` ("finished" = completed), ``num_prompt_tokens``,
-    ``num_output_tokens`` and ``ttft``, ``tpot``, ``e2e`` in seconds (``odrive.metrics``' request columns);
+    ``num_output_tokens`` and ``ttft``, ``tpot``, ``e2e`` in seconds (``odrive.core.metrics``' request columns);
     ``itl``: the completed requests' inter-token gaps in seconds (every value, or a histogram of them)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in requests.columns]
     if missing:

@@ -20,7 +20,7 @@ def swiglu_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Arr
     return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
-def dense_causal_attention(
+def batched_causal_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, sm_scale: float, sliding_window: int | None = None
 ) -> jax.Array:
     """Causal GQA attention. q ``[B, T, Hq, D]``, k/v ``[B, T, Hkv, D]`` -> ``[B, T, Hq, D]``.

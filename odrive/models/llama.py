@@ -32,7 +32,7 @@ import numpy as np
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import DTypeLike, resolve_dtype
 from odrive.models.kv_cache import allocate_kv_caches
-from odrive.models.layers import dense_causal_attention, rms_norm, swiglu_mlp
+from odrive.models.layers import batched_causal_attention, rms_norm, swiglu_mlp
 from odrive.models.rope import apply_rope, rope_inv_freq
 
 __all__ = [
@@ -179,7 +179,7 @@ def forward_dense(params: Params, config: LlamaConfig, token_ids: jax.Array) -> 
 
     def layer(x: jax.Array, lp: Params) -> tuple[jax.Array, None]:
         q, k, v = project_qkv(lp, x, positions, config)
-        attn = dense_causal_attention(q, k, v, softmax_scale(config), config.sliding_window)
+        attn = batched_causal_attention(q, k, v, softmax_scale(config), config.sliding_window)
         return attention_output_and_mlp(lp, x, attn, config), None
 
     x, _ = jax.lax.scan(layer, x, stack_layers(params["layers"]))

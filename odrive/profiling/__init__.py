@@ -1,25 +1,7 @@
-"""Sim-to-real: profile the real engine's step, fit a calibrated latency model, replay workloads for real.
+"""Measure the real engine for the simulator: the step profile (``profiler``), wall-clock replays (``replay``),
+the speed probe (``probe``), core pinning (``pinning``), closed comparisons of plans (``closed``, ``plans``,
+``simrun``) and their command lines (``odrive profile``, ``odrive probe``).
 
-Light to import (no JAX): the profiler (``odrive.profiling.profiler``) and the replay driver
-(``odrive.profiling.replay``) load JAX when imported themselves.
+The tool layer above both backends: it imports ``sim`` and the real backend; what the simulator needs from a
+profile (features, fits, profile tables, grids) lives below ``sim`` in :mod:`odrive.calibration`.
 """
-
-from odrive.profiling.features import FEATURE_COLUMNS, EngineGeometry, StepFeatures, step_features
-from odrive.profiling.fit import ProfileFit, fit_profile
-from odrive.profiling.grid import GridPoint, ProfileGrid, quick_grid
-from odrive.profiling.profile import PROFILE_DIR, Profile, find_profile
-
-__all__ = [
-    "FEATURE_COLUMNS",
-    "PROFILE_DIR",
-    "EngineGeometry",
-    "GridPoint",
-    "Profile",
-    "ProfileFit",
-    "ProfileGrid",
-    "StepFeatures",
-    "find_profile",
-    "fit_profile",
-    "quick_grid",
-    "step_features",
-]

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         from odrive.profiling.pinning import pin_compute_and_host
 
         print(f"pinned: {pin_compute_and_host()}")
-    from odrive.profiling.grid import ProfileGrid, quick_grid
+    from odrive.calibration.grid import ProfileGrid, quick_grid
     from odrive.profiling.profiler import run_profile, tiny_bench_model
 
     if args.tiny_bench:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if v is not None
     }
     grid = quick_grid(**overrides) if args.quick else ProfileGrid(**overrides)
-    from odrive.profiling.replay_fit import ReplayCalibration
+    from odrive.calibration.replay_fit import ReplayCalibration
 
     calibration = None if args.no_replay else ReplayCalibration()
     if args.quick and calibration is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odrive.metrics import summarize
+from odrive.core.metrics import summarize
 
 REQUEST_METRICS = ("ttft", "tpot", "e2e")
 AGGREGATES = ("request_throughput", "output_token_throughput", "peak_pages_used", "preemptions", "duration_s")
@@ -47,7 +47,7 @@ def error_rows(
 
     - per-request metrics: ``median_abs`` / ``p90_abs`` of the per-request relative error, and the ``mean``
       and ``p90`` of each side's distribution with their relative difference;
-    - aggregates from ``odrive.metrics.summarize`` of each run (peak pages: the engines' own step metrics).
+    - aggregates from ``odrive.core.metrics.summarize`` of each run (peak pages: the engines' own step metrics).
     """
     pr = per_request(real_requests, sim_requests)
     rows: list[dict] = []

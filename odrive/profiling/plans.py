@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from odrive.engine import Engine, StepOutcome
+from odrive.core.engine import Engine, StepOutcome
 
 PLAN_COLUMNS = (
     "step",

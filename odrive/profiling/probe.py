@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from odrive.profiling.features import EngineGeometry, parse_lens
+from odrive.calibration.features import EngineGeometry, parse_lens
 from odrive.profiling.replay import replay, step_shapes
 from odrive.vsurge.driver import vSurge
 from sim.latency.calibrated import CalibratedLatencyModel

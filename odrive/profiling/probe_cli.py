@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from odrive.calibration.profile import Profile
 from odrive.cli_errors import user_input
 from odrive.profiling.pinning import PIN_MODES, pin_as_profiled
-from odrive.profiling.profile import Profile
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def probe_machine(profile: Profile, args: argparse.Namespace) -> dict:
     """Build the profiled model's engine, compile its shapes, run ``args.probes`` probes; the median speeds."""
     import numpy as np
 
-    from odrive.profiling.features import EngineGeometry
+    from odrive.calibration.features import EngineGeometry
     from odrive.profiling.probe import measure_speed
     from odrive.profiling.profiler import tiny_bench_model
     from odrive.profiling.replay import warm_up

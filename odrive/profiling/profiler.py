@@ -28,22 +28,25 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from kernels import default_attention_impl_name
 from odrive.allocators import make_allocator
-from odrive.executor import SeqChunk, SwapOps
+from odrive.calibration.features import EngineGeometry, format_lens, padded_swap_rows, step_features
+from odrive.calibration.fit import fit_profile
+from odrive.calibration.grid import GridPoint, ProfileGrid, build_batch
+from odrive.calibration.profile import Profile
+from odrive.calibration.replay_fit import DEFAULT_REPLAY, ReplayCalibration
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.executor import SeqChunk, SwapOps
 from odrive.models import init_params, make_paged_forward
 from odrive.models.checkpoint import Model
 from odrive.models.config import LlamaConfig
 from odrive.models.dtypes import resolve_dtype
-from odrive.profiling.features import EngineGeometry, format_lens, padded_swap_rows, step_features
-from odrive.profiling.grid import GridPoint, ProfileGrid
 from odrive.profiling.pinning import current_pinning
-from odrive.profiling.profile import Profile
-from odrive.profiling.replay_fit import DEFAULT_REPLAY, ReplayCalibration, measure_replays
-from odrive.request import Request
-from odrive.runtime.batch_builder import BatchBuilder
+from odrive.profiling.replay import replay, step_shapes, warm_up
 from odrive.runtime.jax_executor import JaxExecutor
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers.config import SchedulerConfig
+from odrive.vsurge.driver import vSurge
+from sim.workloads import Uniform, Workload, poisson_workload
 
 Log = Callable[[str], None]
 
@@ -78,25 +81,6 @@ def scheduler_config(grid: ProfileGrid) -> SchedulerConfig:
 def geometry_for(grid: ProfileGrid, page_size: int) -> EngineGeometry:
     """The buckets ``vSurge.create_odriver`` would use with the grid's limits."""
     return EngineGeometry.for_engine(scheduler_config(grid), page_size, grid.max_length)
-
-
-def build_batch(point: GridPoint, allocator, vocab_size: int, rng: np.random.Generator) -> list[SeqChunk]:
-    """Requests in the state the point describes, with pages from ``allocator``."""
-    batch = []
-    for s, (q, kv) in enumerate(zip(point.q_lens, point.kv_lens, strict=True)):
-        rid = f"p{s}"
-        params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
-        if q == 1 and kv > 1:  # a decode: the last output token is the input
-            req = Request.from_tokens(rid, rng.integers(3, vocab_size, kv - 1).tolist(), params)
-            req.output_token_ids.append(int(rng.integers(3, vocab_size)))
-            req.num_output_tokens = 1
-        else:
-            req = Request.from_tokens(rid, rng.integers(3, vocab_size, kv).tolist(), params)
-        req.num_computed_tokens = kv - q
-        if not allocator.allocate(rid, kv):
-            raise RuntimeError(f"profile pool too small for {point}")
-        batch.append(SeqChunk(req, kv - q, q, allocator.page_table(rid), True))
-    return batch
 
 
 def _pool_pages(points: list[GridPoint], page_size: int) -> int:
@@ -213,10 +197,6 @@ def round_drift(samples: np.ndarray) -> np.ndarray:
 def measure_engine(model: Model, grid: ProfileGrid, log: Log = print) -> pd.DataFrame:
     """Host overhead of the real loop: closed decode workloads of each batch size through ``Engine.step``
     (the replay driver), step period minus executor time, median per (batch size, step kind)."""
-    from odrive.profiling.replay import replay
-    from odrive.vsurge.driver import vSurge
-    from sim.workloads.request import Workload
-
     page_size = grid.page_sizes[0]
     geo = geometry_for(grid, page_size)
     samples: dict[tuple[int, str], list[pd.DataFrame]] = {}
@@ -286,6 +266,48 @@ def measure_swaps(model: Model, grid: ProfileGrid, log: Log = print) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAULT_REPLAY,
+                    log: Callable[[str], None] = print) -> pd.DataFrame:  # fmt: skip
+    """Replay ``cal``'s workloads on a fresh engine for ``model``; one row per step that ran back to back with
+    the next: ``source="replay"``, ``run``, ``page_size``, ``FEATURE_COLUMNS``, ``switched``, ``after_idle``,
+    ``period_s``."""
+    surge = vSurge.create_odriver(
+        model=model, max_prefill_length=cal.max_prefill_length, page_size=page_size, max_concurrent_prefill=1,
+        max_concurrent_decodes=cal.max_concurrent_decodes, max_length=cal.max_length, num_pages=cal.num_pages,
+        seed=0, vsurge_name="replay-calibration",
+    )  # fmt: skip
+    geometry = EngineGeometry.of_builder(surge.executor.builder)
+    warm_up(surge, geometry)
+    prompt = Uniform(cal.prompt[0], min(cal.prompt[1], cal.max_prefill_length))
+    output = Uniform(*cal.output)
+    burst = poisson_workload(1.0, cal.num_closed, prompt, output, seed=cal.seed)
+    burst = Workload(np.zeros(len(burst)), burst.prompt_lens, burst.output_lens, name="closed")
+    first = replay(surge, burst, seed=cal.seed)
+    throughput = len(burst) / first.wall_s
+    runs = [first.steps]
+    for k, load in enumerate(cal.loads, start=1):
+        wl = poisson_workload(load * throughput, cal.num_open, prompt, output, seed=cal.seed + k)
+        runs.append(replay(surge, wl, seed=cal.seed + k).steps)
+    frames = []
+    for run, steps in enumerate(runs):
+        features, switched, idle = step_shapes(steps, geometry)
+        rows = [f.to_dict() for f in features]
+        frame = pd.DataFrame(rows)
+        frame.insert(0, "run", run)
+        frame.insert(0, "page_size", page_size)
+        frame.insert(0, "source", "replay")
+        frame["switched"] = switched
+        frame["after_idle"] = idle
+        frame["period_s"] = steps["period_s"].to_numpy()
+        frames.append(frame.dropna(subset=["period_s"]))
+    out = pd.concat(frames, ignore_index=True)
+    log(
+        f"replay calibration: {len(runs)} workloads, {len(out)} back-to-back steps "
+        f"(closed burst {throughput:.1f} req/s)"
+    )
+    return out
+
+
 def describe_host() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -308,11 +330,8 @@ def run_profile(
     replay_calibration: ReplayCalibration | None = DEFAULT_REPLAY,
 ) -> Profile:  # fmt: skip
     """Measure ``grid`` (forward points and engine scenarios) and, with ``replay_calibration``, replayed
-    workloads' steps in the serving loop (:mod:`odrive.profiling.replay_fit`); fit the calibrated model, store
+    workloads' steps in the serving loop (:mod:`odrive.calibration.replay_fit`); fit the calibrated model, store
     its held-out error in the metadata."""
-    from kernels import default_attention_impl_name
-    from odrive.profiling.fit import fit_profile
-
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     points = measure_points(model, grid, log)

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from odrive.engine import StepOutcome
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
-from odrive.profiling.features import (
+from odrive.allocators import make_allocator
+from odrive.calibration.features import (
     EngineGeometry,
     StepFeatures,
     format_lens,
@@ -24,8 +23,11 @@ from odrive.profiling.features import (
     parse_lens,
     step_features,
 )
+from odrive.calibration.grid import GridPoint, build_batch
+from odrive.core.engine import StepOutcome
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.sampling_params import SamplingParams
 from odrive.profiling.plans import plan_table, record_outcomes, stop_recording
-from odrive.sampling_params import SamplingParams
 from odrive.vsurge.driver import vSurge
 from sim.workloads.request import Workload
 
@@ -159,10 +161,6 @@ def warm_up(surge: vSurge, geometry: EngineGeometry, mixed: bool = False) -> flo
     """Compile every shape FCFS can produce: one prefill per token bucket, one decode batch per seq bucket; with
     ``mixed`` every (token bucket, seq bucket) pair a policy that mixes prefill chunks and decodes can produce; with
     swap preemption, the K/V copies of every padded size. Returns the seconds it took."""
-    from odrive.allocators import make_allocator
-    from odrive.profiling.grid import GridPoint
-    from odrive.profiling.profiler import build_batch
-
     t0 = time.perf_counter()
     ex = surge.executor
     rng = np.random.default_rng(0)

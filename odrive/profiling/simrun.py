@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from odrive.allocators.prefix_cache import PrefixCacheStats
-from odrive.engine import SwapStats
+from odrive.core.engine import SwapStats
 from odrive.profiling.plans import plan_table, record_outcomes, sim_request_index
 from sim.config import SimConfig
 from sim.executor import SimExecutor, swap_rates

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
 from odrive.models.paged_forward import PagedBatch, make_paged_forward
-from odrive.runtime.batch_builder import BatchBuilder
 from odrive.runtime.kv_swap import HostKVStore
 from odrive.runtime.sampler import make_greedy_head, make_sampling_head, stream_seed
 

@@ -1,4 +1,4 @@
-"""How many KV pages fit: the core formula (:mod:`odrive.kv_pages`, shared with the simulator), fed with the real
+"""How many KV pages fit: the core formula (:mod:`odrive.core.kv_pages`, shared with the simulator), fed with the real
 device's memory."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import jax
 
+from odrive.core.kv_pages import kv_pages_fit
 from odrive.errors import ConfigError
-from odrive.kv_pages import kv_pages_fit
 
 log = logging.getLogger("odrive")
 
@@ -105,7 +105,7 @@ def plan_kv_pages(
     max_running: int, max_model_len: int, device_bytes: int | None = None, source: str = "",
     num_pages_override: int | None = None, kv_cache_bytes: int | None = None, allocator_limit: int | None = None,
 ) -> MemoryPlan:  # fmt: skip
-    """Size the page pool with :func:`odrive.kv_pages.kv_pages_fit` (the simulator's formula too), capped at what
+    """Size the page pool with :func:`odrive.core.kv_pages.kv_pages_fit` (the simulator's formula too), capped at what
     can ever be used and at what the allocator can still hand out (``allocator_limit − weight_bytes``).
 
     ``num_pages_override`` (pages including the null page) replaces the memory-derived count; ``kv_cache_bytes``

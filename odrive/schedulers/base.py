@@ -8,7 +8,7 @@ from collections import deque
 from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import PageAllocator
-from odrive.request import Request, RequestStatus
+from odrive.core.request import Request, RequestStatus
 from odrive.schedulers.config import SchedulerConfig
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.swap_space import SwapSpace
@@ -53,6 +53,17 @@ class Scheduler(ABC):
         """Whether a plan ``steady_steps`` declared steady stays the same, minus the finished requests, when
         some of them finish. The simulator then fast-forwards past finishes too. Default False (safe)."""
         return False
+
+    def steady_while(self, plan: StepPlan, blocked: bool) -> int:
+        """``steady_steps`` of a policy whose decode-only plan repeats while ``blocked`` (its own reason that
+        admission fails until a request arrives or finishes): ``STEADY_FOREVER`` when ``plan`` also scheduled every
+        running request, else 1."""
+        return STEADY_FOREVER if blocked and len(plan.num_scheduled_tokens) == len(self.running) else 1
+
+    def nothing_waits(self) -> bool:
+        """``steady_after_finish`` of those policies: a finish only frees pages and room in the running set; with
+        nothing waiting, nobody can use them."""
+        return not self.waiting
 
     # --- queue management ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:

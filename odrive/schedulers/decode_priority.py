@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from odrive.request import Request
+from odrive.core.request import Request
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS
 from odrive.schedulers.token_budget import TokenBudgetScheduler

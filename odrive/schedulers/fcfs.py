@@ -5,8 +5,8 @@ from __future__ import annotations
 from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import PageAllocator
-from odrive.request import Request
-from odrive.schedulers.base import STEADY_FOREVER, Scheduler
+from odrive.core.request import Request
+from odrive.schedulers.base import Scheduler
 from odrive.schedulers.config import SchedulerConfig
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS
@@ -102,13 +102,10 @@ class FCFSScheduler(Scheduler):
     def steady_steps(self, plan: StepPlan) -> int:
         # A decode-only plan that scheduled every running request repeats until a request arrives or
         # finishes: admission failed on running-set size or free pages, and neither improves meanwhile.
-        if self._last_decode_only and not self._partial and len(plan.num_scheduled_tokens) == len(self.running):
-            return STEADY_FOREVER
-        return 1
+        return self.steady_while(plan, self._last_decode_only and not self._partial)
 
     def steady_after_finish(self, plan: StepPlan) -> bool:
-        # A finish only frees pages and room in the running set; with nothing waiting, nobody can use them.
-        return not self.waiting
+        return self.nothing_waits()
 
 
 SCHEDULERS.add("fcfs", FCFSScheduler)  # by call, not decorator: see odrive.accel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from odrive.schedulers.base import STEADY_FOREVER, Scheduler
+from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS
 
@@ -79,12 +79,7 @@ class ODriverScheduler(Scheduler):
     def steady_steps(self, plan: StepPlan) -> int:
         # Decode-only, every running request decoded, nothing preempted: admission was blocked by the running
         # set (size or the 95% rule), by free pages (decodes only take more), or nothing waits.
-        if self._steady and not plan.preempted and not plan.has_swaps and len(plan.num_scheduled_tokens) == len(
-            self.running
-        ):
-            return STEADY_FOREVER
-        return 1
+        return self.steady_while(plan, self._steady and not plan.preempted and not plan.has_swaps)
 
     def steady_after_finish(self, plan: StepPlan) -> bool:
-        # A finish only frees pages and room in the running set; with nothing waiting, nobody can use them.
-        return not self.waiting
+        return self.nothing_waits()

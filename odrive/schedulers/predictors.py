@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from odrive.registry import Registry
-from odrive.request import Request
+from odrive.core.registry import Registry
+from odrive.core.request import Request
 
 PREDICTORS: Registry = Registry("output-length predictor")
 

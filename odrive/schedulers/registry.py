@@ -1,5 +1,5 @@
 """Registry of schedulers by name."""
 
-from odrive.registry import Registry
+from odrive.core.registry import Registry
 
 SCHEDULERS: Registry = Registry("scheduler")

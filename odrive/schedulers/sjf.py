@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from odrive.core.request import Request
 from odrive.errors import ConfigError
-from odrive.request import Request
 from odrive.schedulers.predictors import OutputLengthPredictor, make_predictor
 from odrive.schedulers.registry import SCHEDULERS
 from odrive.schedulers.token_budget import TokenBudgetScheduler

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from odrive.request import Request
-from odrive.schedulers.base import STEADY_FOREVER, Scheduler
+from odrive.core.request import Request
+from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
 from odrive.schedulers.registry import SCHEDULERS
 
@@ -101,15 +101,10 @@ class TokenBudgetScheduler(Scheduler):
         # (blocked by the running-set size, the budget or free pages, which decodes only shrink; or nothing
         # waits) repeats until a request arrives or finishes. The waiting order must not change meanwhile:
         # true for every order keyed on static request attributes.
-        if self._steady and not plan.preempted and not plan.has_swaps and len(plan.num_scheduled_tokens) == len(
-            self.running
-        ):
-            return STEADY_FOREVER
-        return 1
+        return self.steady_while(plan, self._steady and not plan.preempted and not plan.has_swaps)
 
     def steady_after_finish(self, plan: StepPlan) -> bool:
-        # A finish only frees pages and room in the running set; with nothing waiting, nobody can use them.
-        return not self.waiting
+        return self.nothing_waits()
 
 
 SCHEDULERS.add("token-budget", TokenBudgetScheduler)

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from odrive.sampling_params import SamplingParams
+from odrive.core.sampling_params import SamplingParams
 from odrive.server import errors
 from odrive.server.auth import ClientGate, Lease
 from odrive.server.bridge import EngineClient, GenerationStream, Prompt

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from odrive.sampling_params import SamplingParams
+from odrive.core.sampling_params import SamplingParams
 from odrive.server import errors
 from odrive.server.errors import APIError
 from odrive.vsurge import RequestHandle, StreamDelta, vSurge

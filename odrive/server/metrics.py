@@ -20,9 +20,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from odrive.engine import Engine
-from odrive.metrics import MetricsRecorder
-from odrive.request import FinishReason, Request, RequestStatus
+from odrive.core.engine import Engine
+from odrive.core.metrics import MetricsRecorder
+from odrive.core.request import FinishReason, Request, RequestStatus
 from odrive.vsurge import vSurge
 
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from odrive.sampling_params import INT32_MAX, SamplingParams
+from odrive.core.sampling_params import INT32_MAX, SamplingParams
 
 MAX_N = 128  # choices per prompt the schema accepts; a server's own limit (--max-n, default 8) is lower
 MAX_PROMPTS = 32  # prompts per /v1/completions call

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from odrive.allocators import make_allocator
-from odrive.engine import Engine, StepOutcome
-from odrive.metrics import MetricsRecorder
+from odrive.core.batch_builder import BatchBuilder, power_of_two_buckets
+from odrive.core.engine import Engine, StepOutcome
+from odrive.core.metrics import MetricsRecorder
+from odrive.core.request import FinishReason, Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.models.checkpoint import Model, load_model
 from odrive.processor import Processor, load_processor
-from odrive.request import FinishReason, Request
-from odrive.runtime.batch_builder import BatchBuilder, power_of_two_buckets
 from odrive.runtime.jax_executor import JaxExecutor
 from odrive.runtime.memory import MemoryPlan, plan_kv_pages
-from odrive.sampling_params import SamplingParams
 from odrive.schedulers import SchedulerConfig, make_scheduler
 from odrive.schedulers.plan import StepPlan
 from odrive.vsurge.handle import RequestHandle
@@ -232,8 +232,9 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         """Run one engine step and deliver its tokens to the request handles.
 
         A request whose execution raises fails alone (its handle ends with reason ``error``; see
-        ``odrive.step_isolation``); an error the engine cannot pin on one request fails that step's requests. Either
-        way the engine goes on. Only ``max_consecutive_failed_steps`` failed steps in a row raise ``EngineFailure``.
+        ``odrive.core.step_isolation``); an error the engine cannot pin on one request fails that step's requests.
+        Either way the engine goes on. Only ``max_consecutive_failed_steps`` failed steps in a row raise
+        ``EngineFailure``.
         """
         with self._lock:
             now = time.perf_counter()

@@ -6,8 +6,8 @@ import asyncio
 import threading
 from collections.abc import Callable
 
+from odrive.core.request import Request
 from odrive.processor import Processor
-from odrive.request import Request
 from odrive.vsurge.results import GenerationResult, RequestMetrics, StreamDelta
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from odrive.core.request import Request
 from odrive.errors import ConfigError, InvariantViolation
-from odrive.request import Request
 from sim.cluster.disaggregated_replicas import DecodeReplica, HandoffRecorder, PrefillReplica
 from sim.cluster.disaggregated_summary import summarize_disaggregated
 from sim.cluster.handoff import HANDOFF_COLUMNS, Handoff

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from odrive.metrics import MetricsRecorder
-from odrive.request import FinishReason, Request
-from odrive.sampling_params import SamplingParams
+from odrive.core.metrics import MetricsRecorder
+from odrive.core.request import FinishReason, Request
+from odrive.core.sampling_params import SamplingParams
 from sim.cluster.handoff import RELEASE
 from sim.cluster.recorder import RowBuffer, StreamingRecorder
 from sim.cluster.replica import Replica

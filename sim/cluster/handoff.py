@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
-from odrive.request import Request, RequestStatus
-from odrive.sampling_params import SamplingParams
+from odrive.core.request import Request, RequestStatus
+from odrive.core.sampling_params import SamplingParams
 from sim.cluster.handoff_bounds import BoundGroup
 from sim.cluster.kv_link import KVLink, KVLinkConfig
 from sim.cluster.routers import Router

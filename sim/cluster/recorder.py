@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from odrive.latency_histogram import LatencyHistogram
-from odrive.metrics import MetricsRecorder, PageUsage
-from odrive.request import Request
+from odrive.core.latency_histogram import LatencyHistogram
+from odrive.core.metrics import MetricsRecorder, PageUsage
+from odrive.core.request import Request
 from sim.cluster.table_sink import TableSink
 
 REQUEST_DTYPES = {

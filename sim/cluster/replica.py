@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from odrive.engine import Engine
+from odrive.core.engine import Engine
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.request import Request
-from odrive.sampling_params import SamplingParams
 from sim.cluster.views import ClusterViews
 from sim.config import SimConfig
 from sim.simulator import build_engine

@@ -15,7 +15,7 @@ import pandas as pd
 import simpy
 from tqdm.auto import tqdm
 
-from odrive.latency_histogram import LatencyHistogram
+from odrive.core.latency_histogram import LatencyHistogram
 from sim.cluster.recorder import REQUEST_DTYPES, RowBuffer, StreamingRecorder
 from sim.cluster.replica import Replica
 from sim.cluster.routers import Arrivals, Router, make_router

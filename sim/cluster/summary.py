@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from odrive.metrics import summarize
+from odrive.core.metrics import summarize
 from sim.cluster.recorder import StepStats
 from sim.cluster.replica import Replica
 from sim.cluster.routers import Router
@@ -22,7 +22,7 @@ HEAVY_COLUMNS = ("request_id", "message")  # strings the summary does not need: 
 def summarize_cluster(
     requests_path: Path, replicas: Sequence[Replica], router: Router
 ) -> tuple[pd.Series, pd.DataFrame]:
-    """The cluster summary (``odrive.metrics.summarize`` over all requests plus pooled KV statistics and
+    """The cluster summary (``odrive.core.metrics.summarize`` over all requests plus pooled KV statistics and
     load balance) and one summary row per replica (same keys, plus its hardware, policies and pool)."""
     frame = read_table(requests_path, exclude=HEAVY_COLUMNS)
     which = frame["replica"].to_numpy()

@@ -12,7 +12,7 @@ from mypy_extensions import mypyc_attr
 from sim.latency.batch_shape import BatchShape
 
 if TYPE_CHECKING:
-    from odrive.executor import Executor
+    from odrive.core.executor import Executor
     from odrive.schedulers.config import SchedulerConfig
 
 
@@ -91,17 +91,16 @@ class LatencyModel(ABC):
         clock: Callable[[], float] | None = None,
         kv_bytes_per_token: float | None = None,
         host_bandwidth: float | None = None,
-    ) -> Executor:
-        """The simulator's executor for this model (``sim.simulator.build_engine`` asks the model for it).
+    ) -> Executor | None:
+        """This model's own executor, or None for the stock ``SimExecutor`` (``sim.executor.executor_for`` asks
+        the model, as ``sim.simulator.build_engine`` does).
 
         ``page_size``/``max_length``: the engine's page size and longest sequence (prompt + output; ``None``:
         ``scheduler_config.max_model_len``, else ``2 × max_prefill_length`` as ``vSurge.create_odriver``), for
         models that reproduce the real engine's compiled shapes. ``clock``: the simulator's current time, for
         models that depend on idleness. ``kv_bytes_per_token``/``host_bandwidth``: the swap-preemption rates
-        (per device). Default: the stock ``SimExecutor``, which only hands the model a ``BatchShape`` of sums
-        and ignores ``page_size``, ``max_length`` and ``clock``.
+        (per device). Default: None, the stock ``SimExecutor``, which only hands the model a ``BatchShape`` of
+        sums and ignores ``page_size``, ``max_length`` and ``clock``.
         """
-        from sim.executor import SimExecutor  # sim.executor imports this module
-
-        del page_size, max_length, clock
-        return SimExecutor(self, scheduler_config, kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth)
+        del scheduler_config, page_size, max_length, clock, kv_bytes_per_token, host_bandwidth
+        return None

@@ -2,9 +2,9 @@
 
 ``step time = speed x (exec(features) [+ switch penalty] + loop overhead(num_seqs))``: ``exec`` is a
 non-negative linear fit to the profile's settled step medians times its measured mean/median tail factor,
-``overhead`` the engine loop's measured cost outside the executor (:mod:`odrive.profiling.fit`). The features
+``overhead`` the engine loop's measured cost outside the executor (:mod:`odrive.calibration.fit`). The features
 reproduce what the real step computes: ``BatchBuilder``'s token and sequence buckets and the blocked attention
-kernel's loop trips (:mod:`odrive.profiling.features`). ``speed`` (default 1: the machine as profiled) scales
+kernel's loop trips (:mod:`odrive.calibration.features`). ``speed`` (default 1: the machine as profiled) scales
 everything, e.g. by a load factor measured on a shared machine; ``prefill_speed`` (default: ``speed``) replaces
 it for steps that compute a prefill chunk: a machine's speed need not drift alike for compute-bound prefill
 matmuls and overhead-bound decode steps (:mod:`odrive.profiling.probe` measures both).
@@ -31,9 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from odrive.errors import ConfigError
-from odrive.executor import ExecuteResult, Executor, SeqChunk, SwapOps
-from odrive.profiling.features import (
+from odrive.calibration.features import (
     FEATURE_COLUMNS,
     EngineGeometry,
     StepFeatures,
@@ -41,9 +39,11 @@ from odrive.profiling.features import (
     padded_swap_rows,
     step_features,
 )
-from odrive.profiling.fit import ProfileFit, fit_profile
-from odrive.profiling.profile import Profile, find_profile
-from odrive.runtime.batch_builder import power_of_two_buckets
+from odrive.calibration.fit import ProfileFit, fit_profile
+from odrive.calibration.profile import Profile, find_profile
+from odrive.core.batch_builder import power_of_two_buckets
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
 from sim.hardware import Accelerator
 from sim.host_swap import HostSwap

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from odrive.core.registry import Registry
 from odrive.errors import ConfigError
-from odrive.registry import Registry
 from sim.hardware import Accelerator, get_accelerator
 from sim.latency.base import LatencyModel
 from sim.model_spec import ModelSpec, get_model_spec

@@ -1,7 +1,7 @@
 """Roofline latency: a step takes as long as its FLOPs or its HBM traffic, whichever is slower, at the rates real
 kernels reach, plus its tensor-parallel all-reduces and a fixed per-step overhead.
 
-Per device, with the weights laid out as the real engine shards them (:class:`odrive.kv_pages.DecoderShape`:
+Per device, with the weights laid out as the real engine shards them (:class:`odrive.core.kv_pages.DecoderShape`:
 matmuls split, embeddings and norms replicated, an untied LM head split over the vocabulary when it divides):
 
 - FLOPs = 2 × the device's matmul weights per new token + attention (4 × layers × its query heads × head_dim per

@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from odrive.core.registry import Registry
 from odrive.errors import UserError
-from odrive.registry import Registry
 from sim.workloads.lengths import Empirical, Fixed, LengthDistribution, LogNormal, Uniform
 from sim.workloads.request import Workload
 from sim.workloads.synthetic import gamma_workload, poisson_workload

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from odrive.registry import Registry
+from odrive.core.registry import Registry
 
 
 @dataclass(frozen=True, eq=False)

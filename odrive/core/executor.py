@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from odrive.request import Request
+from odrive.core.request import Request
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -19,17 +19,12 @@ loop overhead when a profile has replay rows; replay rows without ``after_idle``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from odrive.profiling.features import FEATURE_COLUMNS, EngineGeometry
-
-if TYPE_CHECKING:
-    from odrive.models.checkpoint import Model
+from odrive.calibration.features import FEATURE_COLUMNS
 
 REPLAY_FEATURES: tuple[str, ...] = ("exec_decode", "exec_prefill", "switched", "after_idle", "num_seqs")
 
@@ -75,49 +70,3 @@ def replay_frame(rows: pd.DataFrame, exec_s: np.ndarray) -> pd.DataFrame:
     frame = pd.DataFrame(x, columns=list(REPLAY_FEATURES))
     frame["period_s"] = rows["period_s"].to_numpy(np.float64)
     return frame
-
-
-def measure_replays(model: Model, page_size: int, cal: ReplayCalibration = DEFAULT_REPLAY,
-                    log: Callable[[str], None] = print) -> pd.DataFrame:  # fmt: skip
-    """Replay ``cal``'s workloads on a fresh engine for ``model``; one row per step that ran back to back with
-    the next: ``source="replay"``, ``run``, ``page_size``, ``FEATURE_COLUMNS``, ``switched``, ``after_idle``,
-    ``period_s``."""
-    from odrive.profiling.replay import replay, step_shapes, warm_up
-    from odrive.vsurge.driver import vSurge
-    from sim.workloads import Uniform, Workload, poisson_workload
-
-    surge = vSurge.create_odriver(
-        model=model, max_prefill_length=cal.max_prefill_length, page_size=page_size, max_concurrent_prefill=1,
-        max_concurrent_decodes=cal.max_concurrent_decodes, max_length=cal.max_length, num_pages=cal.num_pages,
-        seed=0, vsurge_name="replay-calibration",
-    )  # fmt: skip
-    geometry = EngineGeometry.of_builder(surge.executor.builder)
-    warm_up(surge, geometry)
-    prompt = Uniform(cal.prompt[0], min(cal.prompt[1], cal.max_prefill_length))
-    output = Uniform(*cal.output)
-    burst = poisson_workload(1.0, cal.num_closed, prompt, output, seed=cal.seed)
-    burst = Workload(np.zeros(len(burst)), burst.prompt_lens, burst.output_lens, name="closed")
-    first = replay(surge, burst, seed=cal.seed)
-    throughput = len(burst) / first.wall_s
-    runs = [first.steps]
-    for k, load in enumerate(cal.loads, start=1):
-        wl = poisson_workload(load * throughput, cal.num_open, prompt, output, seed=cal.seed + k)
-        runs.append(replay(surge, wl, seed=cal.seed + k).steps)
-    frames = []
-    for run, steps in enumerate(runs):
-        features, switched, idle = step_shapes(steps, geometry)
-        rows = [f.to_dict() for f in features]
-        frame = pd.DataFrame(rows)
-        frame.insert(0, "run", run)
-        frame.insert(0, "page_size", page_size)
-        frame.insert(0, "source", "replay")
-        frame["switched"] = switched
-        frame["after_idle"] = idle
-        frame["period_s"] = steps["period_s"].to_numpy()
-        frames.append(frame.dropna(subset=["period_s"]))
-    out = pd.concat(frames, ignore_index=True)
-    log(
-        f"replay calibration: {len(runs)} workloads, {len(out)} back-to-back steps "
-        f"(closed burst {throughput:.1f} req/s)"
-    )
-    return out

@@ -1,4 +1,4 @@
-"""Random ragged paged batches with a dense-attention oracle, for tests and benchmarks.
+"""Random ragged paged batches with a dense-attention oracle, for tests and benchmarks (not a test module).
 
 Each sequence gets a full context of random q/k/v; its last ``q_len`` tokens are the step's queries. Pages
 are handed out in a random permutation (page order != position order) and every page no sequence owns,

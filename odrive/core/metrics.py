@@ -11,8 +11,8 @@ import pandas as pd
 from mypy_extensions import mypyc_attr
 
 from odrive.allocators.base import AllocatorStats
-from odrive.latency_histogram import LatencyHistogram
-from odrive.request import Request
+from odrive.core.latency_histogram import LatencyHistogram
+from odrive.core.request import Request
 
 REQUEST_COLUMNS = [
     "request_id", "status", "finish_reason", "arrival_time", "first_scheduled_time", "first_token_time",

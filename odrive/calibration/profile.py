@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from odrive.profiling.features import EngineGeometry
+from odrive.calibration.features import EngineGeometry
 
 FORMAT_VERSION = 1
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "data" / "profiles"
@@ -41,7 +41,7 @@ class Profile:
 
     @property
     def replay(self) -> pd.DataFrame:
-        """Back-to-back steps of replayed workloads (``odrive.profiling.replay_fit``); empty in older profiles."""
+        """Back-to-back steps of replayed workloads (``odrive.calibration.replay_fit``); empty in older profiles."""
         return self.table[self.table["source"] == "replay"].reset_index(drop=True)
 
     def geometry(self, page_size: int | None = None) -> EngineGeometry:

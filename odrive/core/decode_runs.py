@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from odrive.allocators.base import PageAllocator
+from odrive.core.executor import Executor, SeqChunk
+from odrive.core.metrics import PageUsage
+from odrive.core.request import SIMULATED_TOKEN_ID
 from odrive.errors import InvariantViolation
-from odrive.executor import Executor, SeqChunk
-from odrive.metrics import PageUsage
-from odrive.request import SIMULATED_TOKEN_ID
 
 UNRECORDED = PageUsage(0, 0.0, 0, 0.0, 0.0, 0.0)  # stands in where no step row is kept
 _MAX_CELLS = 1 << 21  # (requests x steps) beyond which a run stops at its first finish (bounded memory)

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from odrive.decode_runs import UNRECORDED, commit_run, decode_chain, fit_pages, grow_tables, run_usage
+from odrive.core.decode_runs import UNRECORDED, commit_run, decode_chain, fit_pages, grow_tables, run_usage
+from odrive.core.executor import Executor, SeqChunk, SwapOps
+from odrive.core.invariants import check_plan
+from odrive.core.metrics import MetricsRecorder, PageUsage
+from odrive.core.request import SIMULATED_TOKEN_ID, FinishReason, Request, RequestStatus
+from odrive.core.step_isolation import execute_isolating
 from odrive.errors import InvariantViolation
-from odrive.executor import Executor, SeqChunk, SwapOps
-from odrive.invariants import check_plan
-from odrive.metrics import MetricsRecorder, PageUsage
-from odrive.request import SIMULATED_TOKEN_ID, FinishReason, Request, RequestStatus
 from odrive.schedulers.base import Scheduler
 from odrive.schedulers.plan import StepPlan
-from odrive.step_isolation import execute_isolating
 
 
 @dataclass
@@ -293,8 +293,8 @@ class Engine:
 
         With a prefix-caching allocator a run always ends at its first finish, every request grows before any
         finishes frees pages, as in the run's last step, and the pages the run fills are committed in the order
-        stepping commits them (:func:`~odrive.decode_runs.commit_run`): which cached pages are evicted, and so every
-        later hit, equal stepping too."""
+        stepping commits them (:func:`~odrive.core.decode_runs.commit_run`): which cached pages are evicted, and so
+        every later hit, equal stepping too."""
         sched, record, caching = self.scheduler, self.metrics.record_steps, self._caching
         remaining = [min(c.request.remaining_output_tokens, steady) for c in batch]
         if not record and not caching and self.fast_forward_past_finishes and sched.steady_after_finish(plan):

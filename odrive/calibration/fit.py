@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from odrive.profiling.features import FEATURE_COLUMNS
-from odrive.profiling.profile import Profile
-from odrive.profiling.replay_fit import REPLAY_FEATURES, correction_inputs, replay_frame
+from odrive.calibration.features import FEATURE_COLUMNS
+from odrive.calibration.profile import Profile
+from odrive.calibration.replay_fit import REPLAY_FEATURES, correction_inputs, replay_frame
 
 STEP_FEATURES: tuple[str, ...] = (
     "padded_tokens",  # matmuls, RoPE, KV writes over every padded token row
@@ -146,7 +146,7 @@ class ProfileFit:
     target: str = "exec_s"
     tail_factor: float = 1.0
     switch_penalty_s: float = 0.0
-    replay: LinearFit | None = None  # serving-loop correction fitted on replayed steps (odrive.profiling.replay_fit)
+    replay: LinearFit | None = None  # serving-loop correction fitted on replayed steps (odrive.calibration.replay_fit)
     # Swap preemption's copies of one request's pages, per direction: seconds = intercept + c x padded pool rows.
     swap_out: LinearFit | None = None
     swap_in: LinearFit | None = None
@@ -176,7 +176,7 @@ class ProfileFit:
 
     def predict_swap(self, rows_out: Sequence[int], rows_in: Sequence[int]) -> float | None:
         """Seconds of one step's swap copies, one request per entry: the padded pool rows it moves to the host
-        (``rows_out``) and back (``rows_in``; :func:`odrive.profiling.features.padded_swap_rows`); None when the
+        (``rows_out``) and back (``rows_in``; :func:`odrive.calibration.features.padded_swap_rows`); None when the
         profile measured no swaps."""
         if self.swap_out is None or self.swap_in is None:
             return None

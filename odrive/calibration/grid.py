@@ -1,10 +1,16 @@
-"""The shapes a profile measures: prefill chunks, decode batches, mixed steps, per page size."""
+"""The shapes a profile measures: prefill chunks, decode batches, mixed steps, per page size; and the requests
+in the state a shape describes (:func:`build_batch`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from odrive.allocators.base import PageAllocator
+from odrive.core.executor import SeqChunk
+from odrive.core.request import Request
+from odrive.core.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -115,3 +121,24 @@ def quick_grid(**overrides: object) -> ProfileGrid:
     )
     kw.update(overrides)
     return ProfileGrid(**kw)  # type: ignore[arg-type]
+
+
+def build_batch(
+    point: GridPoint, allocator: PageAllocator, vocab_size: int, rng: np.random.Generator
+) -> list[SeqChunk]:
+    """Requests in the state the point describes, with pages from ``allocator``."""
+    batch = []
+    for s, (q, kv) in enumerate(zip(point.q_lens, point.kv_lens, strict=True)):
+        rid = f"p{s}"
+        params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+        if q == 1 and kv > 1:  # a decode: the last output token is the input
+            req = Request.from_tokens(rid, rng.integers(3, vocab_size, kv - 1).tolist(), params)
+            req.output_token_ids.append(int(rng.integers(3, vocab_size)))
+            req.num_output_tokens = 1
+        else:
+            req = Request.from_tokens(rid, rng.integers(3, vocab_size, kv).tolist(), params)
+        req.num_computed_tokens = kv - q
+        if not allocator.allocate(rid, kv):
+            raise RuntimeError(f"profile pool too small for {point}")
+        batch.append(SeqChunk(req, kv - q, q, allocator.page_table(rid), True))
+    return batch

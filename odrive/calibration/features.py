@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from odrive.runtime.batch_builder import BatchBuilder, power_of_two_buckets
+from odrive.core.batch_builder import BatchBuilder, power_of_two_buckets
 from odrive.schedulers.config import SchedulerConfig
 
 # ragged_paged_attention_blocked's defaults (the CPU attention implementation): prefill tiles of Q_BLOCK query rows

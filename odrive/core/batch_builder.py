@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from odrive.allocators.base import NULL_PAGE
-from odrive.executor import SeqChunk
+from odrive.core.executor import SeqChunk
 
 
 def _bucket(n: int, buckets: tuple[int, ...]) -> int:

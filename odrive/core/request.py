@@ -6,7 +6,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from odrive.sampling_params import SamplingParams
+from odrive.core.sampling_params import SamplingParams
 
 SIMULATED_TOKEN_ID = -1
 """The id a simulated request's output tokens carry when its prompt has ids and the allocator caches prefixes: its

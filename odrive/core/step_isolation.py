@@ -8,7 +8,7 @@ runs at most ``1 + log2(batch size)`` times, and only in a step that failed.
 
 from __future__ import annotations
 
-from odrive.executor import ExecuteResult, Executor, SeqChunk
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk
 
 
 def execute_isolating(

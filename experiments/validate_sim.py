@@ -249,11 +249,19 @@ def _azure(cfg: ValidationConfig, n: int, seed: int) -> Workload:
 
 
 def _multi_turn(cfg: ValidationConfig, n: int, seed: int) -> Workload:
+    """Conversations behind one system prompt; a turn whose history outgrows ``max_prefill_length`` (or whose answer
+    would pass ``max_length``) ends its conversation: the engine would reject it."""
     wl = multi_turn_workload(
-        1.0, -(-n // cfg.turns), cfg.turns, cfg.think_s, Uniform(*cfg.user), Uniform(*cfg.output),
+        1.0, -(-2 * n // cfg.turns), cfg.turns, cfg.think_s, Uniform(*cfg.user), Uniform(*cfg.output),
         system_len=cfg.system_prompt, seed=seed, vocab_size=cfg.vocab_size,
     )  # fmt: skip
-    return wl.slice(n)
+    fits = (wl.prompt_lens <= cfg.max_prefill_length) & (wl.prompt_lens + wl.output_lens <= cfg.max_length)
+    keep = np.flatnonzero(fits)[:n]
+    ids = wl.prompt_token_ids
+    return Workload(
+        wl.arrival_times[keep], wl.prompt_lens[keep], wl.output_lens[keep], name=wl.name,
+        prompt_token_ids=None if ids is None else [ids[int(i)] for i in keep],
+    )  # fmt: skip
 
 
 def _priority(cfg: ValidationConfig, n: int, seed: int) -> Workload:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from odrive.allocators import make_allocator
-from odrive.core.batch_builder import BatchBuilder, power_of_two_buckets
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.buckets import power_of_two_buckets
 from odrive.core.engine import Engine, StepOutcome
 from odrive.core.metrics import MetricsRecorder
 from odrive.core.request import FinishReason, Request

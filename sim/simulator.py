@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import simpy
@@ -12,7 +13,7 @@ from mypy_extensions import mypyc_attr
 from tqdm.auto import tqdm
 
 from odrive.allocators import make_allocator
-from odrive.core.engine import Engine
+from odrive.core.engine import Engine, StepOutcome
 from odrive.core.latency_histogram import LatencyHistogram
 from odrive.core.metrics import MetricsRecorder, summarize
 from odrive.core.request import Request
@@ -83,6 +84,145 @@ def latency_parameters(engine: Engine) -> dict[str, float]:
     return {k: float(v) for k, v in model.parameters().items()} if model is not None else {}
 
 
+class WorkloadRequests:
+    """The one workload-to-request conversion, shared by the :class:`Simulator` and every cluster replica: request
+    ``i`` of a workload as the engine takes it (id ``r{i}``, ``ignore_eos`` so it runs its output length, its prompt
+    token ids when the workload has them, its priority). The columns are read once as Python lists (cheaper to
+    index than numpy arrays); ``SamplingParams`` are frozen, so requests of one output length share one."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.times: list[float] = workload.arrival_times.tolist()
+        self.prompts: list[int] = workload.prompt_lens.tolist()
+        self.outputs: list[int] = workload.output_lens.tolist()
+        prios = workload.priorities
+        self.priorities: list[int] = prios.tolist() if prios is not None else [0] * len(self.times)
+        self.token_ids = getattr(workload, "prompt_token_ids", None)  # token ids for prefix caching, if any
+        self._params: dict[int, SamplingParams] = {}
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def request(self, i: int) -> Request:
+        out = self.outputs[i]
+        params = self._params.get(out)
+        if params is None:
+            params = self._params[out] = SamplingParams(max_tokens=out, ignore_eos=True)
+        prompt = self.prompts[i]
+        return Request(
+            request_id=f"r{i}",
+            num_prompt_tokens=prompt,
+            sampling_params=params,
+            arrival_time=self.times[i],
+            prompt_token_ids=checked_prompt_ids(self.token_ids, i, prompt),
+            priority=self.priorities[i],
+        )
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; the cluster's Replica subclasses it
+class ReplicaLoop:
+    """One engine replica on a simpy clock: the step loop of the :class:`Simulator` and of every cluster replica
+    (``sim.cluster.replica.Replica``).
+
+    At every step boundary it admits the arrivals due (:meth:`_admit`), steps the engine with the time to the next
+    arrival as the fast-forward horizon (:meth:`_horizon`), and when nothing can run waits for the next arrival
+    (:meth:`_wait`); ``None`` from ``_wait`` ends the process (an error if requests remain). This class serves the
+    arrivals ``own`` (request indices in arrival order; default: the whole workload) itself; a cluster replica fed
+    by a router overrides the three hooks. :meth:`_before` and :meth:`_stepped` are called before each boundary's
+    admission and after each step that ran.
+    """
+
+    def __init__(self, env: simpy.Environment, engine: Engine, requests: WorkloadRequests,
+                 own: list[int] | None = None, label: str = "") -> None:  # fmt: skip
+        self.env = env
+        self.engine = engine
+        self.requests = requests
+        self.label = label  # prefixes the no-progress error
+        self._own: list[int] = list(range(len(requests))) if own is None else own
+        times = requests.times
+        self._own_times: list[float] = times if own is None else [times[i] for i in own]
+        self._pos = 0
+        self._next_own = self._own_time(0)
+
+    @property
+    def next_arrival(self) -> float:
+        """When the next of this replica's own arrivals comes (inf when none is left)."""
+        return self._next_own
+
+    def _own_time(self, pos: int) -> float:
+        times = self._own_times
+        return times[pos] if pos < len(times) else math.inf
+
+    # --- the hooks -----------------------------------------------------------------------------------
+    def _before(self, now: float) -> None:
+        """Called at every step boundary, before admission."""
+
+    def _add(self, i: int) -> None:
+        """Hand request ``i`` to the engine (a subclass may check or reshape it first)."""
+        self.engine.add_request(self.requests.request(i))
+
+    def _admit(self, now: float) -> None:
+        """Admit the own arrivals due by ``now``."""
+        if self._next_own > now:
+            return
+        own, times, pos, n = self._own, self._own_times, self._pos, len(self._own)
+        while pos < n and times[pos] <= now:
+            self._add(own[pos])
+            pos += 1
+        self._pos = pos
+        self._next_own = self._own_time(pos)
+
+    def _horizon(self, now: float) -> float:
+        """How far a decode run may fast-forward from ``now``: to the next arrival."""
+        return self._next_own - now
+
+    def _wait(self) -> simpy.Event | None:
+        """What to wait on for the next arrival; None if none can come."""
+        t = self._next_own
+        return None if t == math.inf else self.env.timeout(t - self.env.now)
+
+    def _stepped(self, outcome: StepOutcome) -> None:
+        """Called after each step that ran (before its duration elapses)."""
+
+    # --- the process -----------------------------------------------------------------------------------
+    def run(self) -> Generator[simpy.Event, Any, None]:
+        """The simpy process: admit, step, wait, until no request is left and none can come."""
+        env, engine = self.env, self.engine
+        while True:
+            now = env.now
+            self._before(now)
+            self._admit(now)
+            if not engine.has_unfinished:
+                wait = self._wait()
+                if wait is None:
+                    return
+                yield wait
+                continue
+            outcome = engine.step(now, horizon=self._horizon(now))
+            if outcome is None:
+                wait = self._wait()
+                if wait is None:
+                    raise InvariantViolation("progress", f"{self.label}requests remain but none can be scheduled")
+                yield wait
+                continue
+            self._stepped(outcome)
+            yield env.timeout(outcome.duration)
+
+
+class _Progress(ReplicaLoop):
+    """The Simulator's loop, with a progress bar."""
+
+    def __init__(self, env: simpy.Environment, engine: Engine, requests: WorkloadRequests, bar: tqdm | None) -> None:
+        super().__init__(env, engine, requests)
+        self.bar = bar
+        self.done_before = 0
+
+    def _stepped(self, outcome: StepOutcome) -> None:
+        bar, metrics = self.bar, self.engine.metrics
+        if bar is not None and metrics.num_done - self.done_before >= 256:
+            bar.update(metrics.num_done - self.done_before)
+            self.done_before = metrics.num_done
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled by odrive.accel; users subclass it
 class Simulator:
     """Replays a workload against one engine replica; deterministic for a given config and workload."""
@@ -93,62 +233,16 @@ class Simulator:
         self.env = simpy.Environment()
         self.engine = build_engine(config, clock=lambda: self.env.now)
         self.progress = progress
-        self._times = workload.arrival_times.tolist()
-        self._prompts = workload.prompt_lens.tolist()
-        self._outputs = workload.output_lens.tolist()
-        self._prompt_ids = getattr(workload, "prompt_token_ids", None)  # token ids for prefix caching, if any
-        prios = workload.priorities
-        self._priorities = prios.tolist() if prios is not None else [0] * len(self._times)
-        self._next = 0
+        self.requests = WorkloadRequests(workload)
         self._error: BaseException | None = None
-
-    @property
-    def next_arrival(self) -> float:
-        return self._times[self._next] if self._next < len(self._times) else math.inf
-
-    def _admit_arrivals(self, now: float) -> None:
-        engine, times = self.engine, self._times
-        while self._next < len(times) and times[self._next] <= now:
-            i = self._next
-            self._next += 1
-            request = Request(
-                request_id=f"r{i}",
-                num_prompt_tokens=self._prompts[i],
-                sampling_params=SamplingParams(max_tokens=self._outputs[i], ignore_eos=True),
-                arrival_time=times[i],
-                prompt_token_ids=checked_prompt_ids(self._prompt_ids, i, self._prompts[i]),
-                priority=self._priorities[i],
-            )
-            engine.add_request(request)
 
     def _loop(self, bar: tqdm | None):  # simpy process
         # simpy re-raises a failed process's exception as ``type(err)(*err.args)``, which breaks (or
         # strips) exceptions such as InvariantViolation; keep the original and raise it from run().
         try:
-            yield from self._steps(bar)
+            yield from _Progress(self.env, self.engine, self.requests, bar).run()
         except Exception as err:
             self._error = err
-
-    def _steps(self, bar: tqdm | None):
-        env, engine = self.env, self.engine
-        done_before = 0
-        while True:
-            self._admit_arrivals(env.now)
-            if not engine.has_unfinished:
-                if self.next_arrival == math.inf:
-                    return
-                yield env.timeout(self.next_arrival - env.now)
-                continue
-            outcome = engine.step(env.now, horizon=self.next_arrival - env.now)
-            if outcome is None:
-                if self.next_arrival == math.inf:
-                    raise InvariantViolation("progress", "requests remain but none can be scheduled")
-                yield env.timeout(self.next_arrival - env.now)
-                continue
-            yield env.timeout(outcome.duration)
-            if bar is not None and engine.metrics.num_done - done_before >= 256:
-                bar.update(engine.metrics.num_done - done_before)
-                done_before = engine.metrics.num_done
 
     def run(self) -> SimResult:
         bar = tqdm(total=len(self.workload), unit="req", desc="simulating", disable=not self.progress)

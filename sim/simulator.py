@@ -12,14 +12,14 @@ import simpy
 from mypy_extensions import mypyc_attr
 from tqdm.auto import tqdm
 
-from odrive.allocators import make_allocator
 from odrive.core.engine import Engine, StepOutcome
+from odrive.core.executor import Executor
 from odrive.core.latency_histogram import LatencyHistogram
 from odrive.core.metrics import MetricsRecorder, summarize
 from odrive.core.request import Request
 from odrive.core.sampling_params import SamplingParams
 from odrive.errors import InvariantViolation
-from odrive.schedulers import make_scheduler
+from odrive.schedulers.config import SchedulerConfig
 from sim.config import SimConfig
 from sim.executor import executor_for
 from sim.hardware import get_accelerator
@@ -42,40 +42,47 @@ class SimResult:
     itl: LatencyHistogram | None = None  # every gap between two output tokens of a request
 
 
+# Builds a simulated engine's executor from its scheduler config and the simulator's clock (see build_engine).
+ExecutorFactory = Callable[[SchedulerConfig, Callable[[], float] | None], Executor]
+
+
 def build_engine(
-    config: SimConfig, metrics: MetricsRecorder | None = None, clock: Callable[[], float] | None = None
-) -> Engine:
-    """The same Engine the real backend uses, with page count from the model and the executor the latency model
+    config: SimConfig, metrics: MetricsRecorder | None = None, clock: Callable[[], float] | None = None, *,
+    executor: ExecutorFactory | None = None, fast_forward: bool = True,
+) -> Engine:  # fmt: skip
+    """The same Engine the real backend uses, assembled by the same :class:`~odrive.core.assembly.EngineSpec`
+    (:meth:`SimConfig.engine_spec`), with page count from the model and the executor the latency model
     asks for (:func:`sim.executor.executor_for`: ``SimExecutor`` by default, the exact
-    ``CalibratedSimExecutor`` for ``calibrated``). ``clock``: the simulator's current time (the calibrated
+    ``CalibratedSimExecutor`` for ``calibrated``) unless ``executor`` builds another (from the scheduler config and
+    the clock). ``clock``: the simulator's current time (the calibrated
     executor charges a switch penalty after idleness; without a clock only on compiled-shape changes). The
     engine's longest sequence is ``vSurge``'s default, ``2 × max_prefill_length`` (``SimConfig`` sets no
     ``max_model_len``); swap preemption is charged at the model spec's KV bytes per token (÷ ``tp``) over the
-    accelerator's host bandwidth."""
-    accelerator = get_accelerator(config.accelerator)
-    model = get_model_spec(config.model)
+    accelerator's host bandwidth. ``fast_forward=False`` steps decode runs one at a time (the real engine's
+    granularity)."""
     num_pages = config.num_pages
     if num_pages is None:
+        accelerator, model = get_accelerator(config.accelerator), get_model_spec(config.model)
         num_pages = num_kv_pages(accelerator, model, config.page_size, config.hbm_utilization, config.tp)
-    allocator = make_allocator(config.allocator, num_pages=num_pages, page_size=config.page_size,
-                               **dict(config.allocator_kwargs))
-    sched_cfg = config.scheduler_config()
-    scheduler = make_scheduler(config.scheduler, sched_cfg, allocator)
+    spec = config.engine_spec(num_pages, fast_forward=fast_forward)
+    make = executor or (lambda sched_cfg, clock: default_executor(config, sched_cfg, clock))
+    return spec.build(make(spec.scheduler_config, clock), metrics=metrics)
+
+
+def default_executor(config: SimConfig, sched_cfg: SchedulerConfig, clock: Callable[[], float] | None) -> Executor:
+    """The executor ``config``'s latency model asks for (:func:`sim.executor.executor_for`), swap preemption
+    charged at the model spec's KV bytes per token over the accelerator's host bandwidth."""
+    accelerator = get_accelerator(config.accelerator)
+    model = get_model_spec(config.model)
     latency_kwargs = dict(config.latency_kwargs)
     if config.tp != 1:
         latency_kwargs["tp"] = config.tp
     latency = get_latency_model(config.latency_model, accelerator=accelerator, model=model, **latency_kwargs)
     kv_bytes_per_token, host_bandwidth = swap_rates(model, accelerator, config.tp)
-    executor = executor_for(
+    return executor_for(
         latency, sched_cfg, page_size=config.page_size, max_length=sched_cfg.max_model_len, clock=clock,
         kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth,
     )  # fmt: skip
-    return Engine(
-        scheduler,
-        executor,
-        metrics=metrics or MetricsRecorder(record_steps=config.record_steps),
-        check_invariants=config.check_invariants,
-    )
 
 
 def latency_parameters(engine: Engine) -> dict[str, float]:
@@ -227,11 +234,16 @@ class _Progress(ReplicaLoop):
 class Simulator:
     """Replays a workload against one engine replica; deterministic for a given config and workload."""
 
-    def __init__(self, config: SimConfig, workload: Workload, *, progress: bool = False) -> None:
+    def __init__(
+        self, config: SimConfig, workload: Workload, *, progress: bool = False, executor: ExecutorFactory | None = None,
+        fast_forward: bool = True,
+    ) -> None:  # fmt: skip
+        """``executor`` and ``fast_forward``: as :func:`build_engine` takes them (e.g. the profiler's exact
+        calibrated executor, stepping decode runs one at a time)."""
         self.config = config
         self.workload = workload
         self.env = simpy.Environment()
-        self.engine = build_engine(config, clock=lambda: self.env.now)
+        self.engine = build_engine(config, clock=lambda: self.env.now, executor=executor, fast_forward=fast_forward)
         self.progress = progress
         self.requests = WorkloadRequests(workload)
         self._error: BaseException | None = None

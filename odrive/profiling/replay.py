@@ -99,7 +99,7 @@ def replay(
     polling (``time.sleep`` overshoots by ~0.1 ms).
     """
     engine = surge.engine
-    if engine.has_unfinished or surge._thread is not None:
+    if not surge.is_idle:
         raise RuntimeError("replay needs an idle engine without its background thread")
     prompts = make_prompts(workload, surge.model.config.vocab_size, seed)
     params = [SamplingParams(max_tokens=int(n), temperature=0.0, ignore_eos=True) for n in workload.output_lens]

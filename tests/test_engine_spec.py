@@ -40,3 +40,14 @@ def test_the_simulator_injects_its_executor_and_fast_forward_at_build_time() -> 
     assert (stepped["num_steps"] == 1).all()  # no decode run fast-forwarded
     plain = Simulator(config, wl).run()
     assert plain.requests["num_output_tokens"].tolist() == [5, 6]
+
+
+def test_executor_listeners_see_every_executed_batch_without_wrapping_the_executor() -> None:
+    config = SimConfig(model="tiny-bench", num_pages=64, max_prefill_length=256)
+    wl = Workload(np.array([0.0, 0.0]), np.array([20, 30]), np.array([3, 4]))
+    sim = Simulator(config, wl, fast_forward=False)
+    executor, seen = sim.engine.executor, []
+    sim.engine.execute_listeners.append(lambda batch, result: seen.append((len(batch), result.duration)))
+    steps = sim.run().steps
+    assert sim.engine.executor is executor
+    assert [d for _, d in seen] == steps["duration"].tolist() and len(seen) == len(steps)

@@ -25,6 +25,7 @@ from experiments.common import (
     add_common_arguments,
     allocator_entries,
     binned,
+    experiment_main,
     log_ticks,
     note,
     ok_rows,
@@ -40,7 +41,7 @@ from experiments.common import (
     write_table,
 )
 from odrive.allocators import ALLOCATORS
-from odrive.cli_errors import CLIParser, cli_main
+from odrive.cli_errors import CLIParser
 from sim.sweep import Grid, ResultCache, expand_grid, run_sweep
 from sim.workloads import parse_workload
 
@@ -200,10 +201,7 @@ def report(summary: pd.DataFrame, over_time: pd.DataFrame, args: argparse.Namesp
     return summary
 
 
-@cli_main("python -m experiments.fragmentation")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.fragmentation", build_parser, run)
 
 
 if __name__ == "__main__":

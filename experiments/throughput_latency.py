@@ -20,18 +20,18 @@ import pandas as pd
 from experiments.common import (
     add_common_arguments,
     empirical_poisson_spec,
+    experiment_main,
     ok_rows,
     plain_log_labels,
     policy_styles,
     print_table,
-    read_table,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
-    write_table,
+    table_experiment,
 )
-from odrive.cli_errors import CLIParser, cli_main
+from odrive.cli_errors import CLIParser
 from sim.hardware import ACCELERATORS
 from sim.sweep import run_sweep, slo_result_metrics
 
@@ -115,8 +115,11 @@ def plot(table: pd.DataFrame, path: Path, ttft_slo: float, tpot_slo: float, publ
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
-    if args.replot:
-        return report(read_table(args.out / f"{NAME}.csv"), args)
+    return table_experiment(args, NAME, TABLE_COLUMNS, load_table, report)
+
+
+def load_table(args: argparse.Namespace) -> pd.DataFrame:
+    """Every (accelerator, scheduler, rate) run with its SLO metrics."""
     schedulers = registered("scheduler", args.schedulers)
     rates = args.rates or (FULL_RATES if args.full else QUICK_RATES)
     n = args.requests or (2000 if args.full else 200)
@@ -127,9 +130,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     slo = functools.partial(slo_result_metrics, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo)
     table = ok_rows(run_sweep(grid, extra_metrics=slo, **sweep_kwargs(args)))
     table["trace"] = args.trace
-    summary = table[[c for c in TABLE_COLUMNS if c in table.columns]]
-    write_table(summary, args.out / f"{NAME}.csv")
-    return report(summary, args)
+    return table
 
 
 def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
@@ -142,10 +143,7 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
-@cli_main("python -m experiments.throughput_latency")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.throughput_latency", build_parser, run)
 
 
 if __name__ == "__main__":

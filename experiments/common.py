@@ -232,6 +232,22 @@ def print_table(table: pd.DataFrame, title: str) -> None:
         print(f"\n{title}\n{table.to_string(index=False, float_format=lambda v: f'{v:.4g}')}")
 
 
+def experiment_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m experiments.NAME`` (its docstring as the help) with the common flags."""
+    from odrive.cli_errors import CLIParser
+
+    p = CLIParser(prog=f"python -m experiments.{name}", description=doc,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_common_arguments(p, name)
+    return p
+
+
+def print_report(table: pd.DataFrame, title: str, *written: Path) -> None:
+    """An experiment's closing words: ``table`` under ``title``, then the files it wrote."""
+    print_table(table, title)
+    print(f"\nwrote {', '.join(str(w) for w in written)}")
+
+
 def table_experiment(
     args: argparse.Namespace, name: str, columns: Sequence[str],
     compute: Callable[[argparse.Namespace], pd.DataFrame],

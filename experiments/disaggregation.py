@@ -22,15 +22,14 @@ import pandas as pd
 
 from experiments.common import (
     ExperimentError,
-    add_common_arguments,
     empirical_poisson_spec,
     experiment_main,
+    experiment_parser,
     note,
     print_table,
     save_figure,
     table_experiment,
 )
-from odrive.cli_errors import CLIParser
 from sim.cluster.spec import ClusterSpec
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS
@@ -46,9 +45,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(prog="python -m experiments.disaggregation", description=__doc__,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
     p.add_argument("--accelerators", type=int, default=None, help="accelerators per cluster (default 2; --full: 8)")
     p.add_argument("--requests", type=int, default=None, help="requests per run (default 200; --full: 2000)")

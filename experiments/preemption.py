@@ -22,21 +22,20 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments.common import (
-    add_common_arguments,
     experiment_main,
+    experiment_parser,
     has_config_field,
     log_ticks,
     note,
     ok_rows,
     policy_styles,
-    print_table,
+    print_report,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
     table_experiment,
 )
-from odrive.cli_errors import CLIParser
 from sim.simulator import SimResult
 from sim.sweep import run_sweep
 
@@ -72,12 +71,7 @@ def preemption_metrics(result: SimResult) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.preemption",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument("--page-sizes", type=int, nargs="+", default=None)
     p.add_argument("--capacities", type=int, nargs="+", default=None, help="KV pool sizes in tokens")
     p.add_argument("--schedulers", nargs="+", default=["fcfs"])
@@ -157,8 +151,9 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     figure = plot(summary, args.out / f"{NAME}.png", args.publish)
     shown = ["preemption_mode", "page_size", "kv_capacity_tokens", "preemptions", "preempted_fraction",
              "recomputed_fraction", "output_token_throughput", "relative_throughput", "e2e_p99"]  # fmt: skip
-    print_table(summary[shown], "Preemption cost by mode, page size and KV capacity (tokens):")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {figure}")
+    print_report(
+        summary[shown], "Preemption cost by mode, page size and KV capacity (tokens):", args.out / f"{NAME}.csv", figure
+    )
     return summary
 
 

@@ -21,19 +21,18 @@ import pandas as pd
 
 from experiments.common import (
     MARKERS,
-    add_common_arguments,
     experiment_main,
+    experiment_parser,
     log_ticks,
     ok_rows,
     plain_log_labels,
-    print_table,
+    print_report,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
     table_experiment,
 )
-from odrive.cli_errors import CLIParser
 from sim.sweep import run_sweep
 from sim.workloads import WORKLOAD_KINDS  # its import registers the shared-prefix: and multi-turn: kinds
 
@@ -74,12 +73,7 @@ def available_workloads() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.prefix_caching",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument(
         "--schedulers", nargs="+", default=None, help=f"default: those of {SCHEDULERS_OF_INTEREST} registered now"
     )
@@ -184,8 +178,12 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     shown = [
         c for c in summary.columns if c not in ("model", "accelerator", "page_size", "run_id", "requests", "finished")
     ]
-    print_table(summary[shown], "Prefix caching (rates in requests/s; multi-turn: new conversations/s):")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {figure}")
+    print_report(
+        summary[shown],
+        "Prefix caching (rates in requests/s; multi-turn: new conversations/s):",
+        args.out / f"{NAME}.csv",
+        figure,
+    )
     return summary
 
 

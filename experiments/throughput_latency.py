@@ -18,20 +18,19 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments.common import (
-    add_common_arguments,
     empirical_poisson_spec,
     experiment_main,
+    experiment_parser,
     ok_rows,
     plain_log_labels,
     policy_styles,
-    print_table,
+    print_report,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
     table_experiment,
 )
-from odrive.cli_errors import CLIParser
 from sim.hardware import ACCELERATORS
 from sim.sweep import run_sweep, slo_result_metrics
 
@@ -47,12 +46,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.throughput_latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument("--schedulers", nargs="+", default=None, help="default: every registered scheduler")
     p.add_argument("--accelerators", nargs="+", default=list(DEFAULT_ACCELERATORS), choices=sorted(ACCELERATORS))
     p.add_argument("--rates", type=float, nargs="+", default=None, help="requests per second")
@@ -138,8 +132,12 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     figure = plot(summary, args.out / f"{NAME}.png", args.ttft_slo, args.tpot_slo, args.publish)
     shown = ["accelerator", "scheduler", "rate", "request_throughput", "goodput", "ttft_p50", "ttft_p99", "tpot_p50",
              "tpot_p99", "e2e_p99"]  # fmt: skip
-    print_table(summary[shown], "Throughput (req/s), goodput (req/s) and latency (s) by offered load:")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {figure}")
+    print_report(
+        summary[shown],
+        "Throughput (req/s), goodput (req/s) and latency (s) by offered load:",
+        args.out / f"{NAME}.csv",
+        figure,
+    )
     return summary
 
 

@@ -38,7 +38,7 @@ from checkpoints import build_tiny_checkpoint  # noqa: E402
 
 from odrive.bench.cli import request_specs  # noqa: E402
 from odrive.bench.client import BenchRun, replay_async  # noqa: E402
-from odrive.core.batch_builder import power_of_two_buckets  # noqa: E402
+from odrive.core.buckets import power_of_two_buckets  # noqa: E402
 from odrive.core.metrics import summarize  # noqa: E402
 from odrive.schedulers.config import default_prefill_buckets  # noqa: E402
 from sim.config import SimConfig  # noqa: E402

@@ -17,22 +17,14 @@ import time
 
 from odrive import accel
 from sim.config import SimConfig
-from sim.executor import SimExecutor
 from sim.simulator import Simulator
 from sim.workloads import load_trace
 
 VIDUR_REQ_PER_S = 400.0  # ANCHORS.md: 2,000 requests in 5.1 s of event loop on a 2-core machine
 
 
-class StepByStepExecutor(SimExecutor):
-    supports_decode_runs = False
-
-
 def timed_run(config: SimConfig, workload, fast_forward: bool = True) -> tuple[float, Simulator]:
-    sim = Simulator(config, workload)
-    if not fast_forward:
-        old = sim.engine.executor
-        sim.engine.executor = StepByStepExecutor(old.latency_model, old.scheduler_config)
+    sim = Simulator(config, workload, fast_forward=fast_forward)  # False: every decode step one at a time
     t0 = time.perf_counter()
     sim.run()
     return time.perf_counter() - t0, sim

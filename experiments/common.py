@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from odrive.allocators import ALLOCATORS
+from odrive.cli_errors import cli_main
 from odrive.errors import RunError
 from odrive.schedulers import SCHEDULERS
 from sim.sweep.grid import config_fields
@@ -229,6 +230,53 @@ def read_table(path: Path) -> pd.DataFrame:
 def print_table(table: pd.DataFrame, title: str) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 40):
         print(f"\n{title}\n{table.to_string(index=False, float_format=lambda v: f'{v:.4g}')}")
+
+
+def experiment_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m experiments.NAME`` (its docstring as the help) with the common flags."""
+    from odrive.cli_errors import CLIParser
+
+    p = CLIParser(prog=f"python -m experiments.{name}", description=doc,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_common_arguments(p, name)
+    return p
+
+
+def print_report(table: pd.DataFrame, title: str, *written: Path) -> None:
+    """An experiment's closing words: ``table`` under ``title``, then the files it wrote."""
+    print_table(table, title)
+    print(f"\nwrote {', '.join(str(w) for w in written)}")
+
+
+def table_experiment(
+    args: argparse.Namespace, name: str, columns: Sequence[str],
+    compute: Callable[[argparse.Namespace], pd.DataFrame],
+    report: Callable[[pd.DataFrame, argparse.Namespace], pd.DataFrame],
+) -> pd.DataFrame:  # fmt: skip
+    """The run every one-table experiment shares: with ``--replot``, ``report`` the table saved in ``OUT/NAME.csv``;
+    else ``compute`` the table, keep its ``columns`` (those it has, in that order), write it there and ``report``
+    it. Returns what ``report`` returns (the table)."""
+    path = Path(args.out) / f"{name}.csv"
+    if args.replot:
+        return report(read_table(path), args)
+    table = compute(args)
+    summary = table[[c for c in columns if c in table.columns]]
+    write_table(summary, path)
+    return report(summary, args)
+
+
+def experiment_main(
+    prog: str, build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], Any]
+) -> Callable[[list[str] | None], int]:
+    """The ``main(argv) -> int`` every experiment script ends with: parse, ``run``, exit 0; user errors and failed
+    runs become one line on stderr and their status (``odrive.cli_errors.cli_main``)."""
+
+    @cli_main(prog)
+    def main(argv: list[str] | None = None) -> int:
+        run(build_parser().parse_args(argv))
+        return 0
+
+    return main
 
 
 def results_dir(name: str) -> Path:

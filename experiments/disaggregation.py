@@ -22,15 +22,14 @@ import pandas as pd
 
 from experiments.common import (
     ExperimentError,
-    add_common_arguments,
     empirical_poisson_spec,
+    experiment_main,
+    experiment_parser,
     note,
     print_table,
-    read_table,
     save_figure,
-    write_table,
+    table_experiment,
 )
-from odrive.cli_errors import CLIParser, cli_main
 from sim.cluster.spec import ClusterSpec
 from sim.config import SimConfig
 from sim.hardware import ACCELERATORS
@@ -46,9 +45,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(prog="python -m experiments.disaggregation", description=__doc__,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
     p.add_argument("--accelerators", type=int, default=None, help="accelerators per cluster (default 2; --full: 8)")
     p.add_argument("--requests", type=int, default=None, help="requests per run (default 200; --full: 2000)")
@@ -100,8 +97,11 @@ def plot(table: pd.DataFrame, path: Path, publish: Path | None = None) -> Path:
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
-    if args.replot:
-        return report(read_table(args.out / f"{NAME}.csv"), args)
+    return table_experiment(args, NAME, TABLE_COLUMNS, goodput_table, report)
+
+
+def goodput_table(args: argparse.Namespace) -> pd.DataFrame:
+    """Each configuration's goodput search, per TPOT SLO and trace."""
     accelerators = args.accelerators or (8 if args.full else 2)
     n = args.requests or (2000 if args.full else 200)
     configs = configurations(args.model, args.accelerator, accelerators)
@@ -128,9 +128,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     table["goodput_per_accelerator"] = table["capacity_rps"] / table["accelerators"]
     table["requests"], table["ttft_slo"] = n, args.ttft_slo
     table["attainment"] = args.attainment
-    summary = table[[c for c in TABLE_COLUMNS if c in table.columns]].reset_index(drop=True)
-    write_table(summary, args.out / f"{NAME}.csv")
-    return report(summary, args)
+    return table.reset_index(drop=True)
 
 
 def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
@@ -152,10 +150,7 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
-@cli_main("python -m experiments.disaggregation")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.disaggregation", build_parser, run)
 
 
 if __name__ == "__main__":

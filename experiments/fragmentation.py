@@ -22,15 +22,16 @@ import pandas as pd
 from experiments.common import (
     DEFAULT_ALLOCATORS,
     TRACES,
-    add_common_arguments,
     allocator_entries,
     binned,
+    experiment_main,
+    experiment_parser,
     log_ticks,
     note,
     ok_rows,
     policy_label,
     policy_styles,
-    print_table,
+    print_report,
     read_table,
     registered,
     save_figure,
@@ -40,7 +41,6 @@ from experiments.common import (
     write_table,
 )
 from odrive.allocators import ALLOCATORS
-from odrive.cli_errors import CLIParser, cli_main
 from sim.sweep import Grid, ResultCache, expand_grid, run_sweep
 from sim.workloads import parse_workload
 
@@ -60,12 +60,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.fragmentation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument(
         "--allocators",
         nargs="+",
@@ -195,15 +190,13 @@ def report(summary: pd.DataFrame, over_time: pd.DataFrame, args: argparse.Namesp
     """Draw the figure and print the waste table."""
     figure = plot(summary, over_time, args.out / f"{NAME}.png", args.publish)
     shown = summary.pivot_table(index=["trace", "policy"], columns="page_size", values="kv_waste", sort=False)
-    print_table((100 * shown).round(2).reset_index(), "KV waste (% of allocated slots, time-weighted) by page size:")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {args.out / 'utilization_over_time.csv'}, {figure}")
+    title = "KV waste (% of allocated slots, time-weighted) by page size:"
+    print_report((100 * shown).round(2).reset_index(), title, args.out / f"{NAME}.csv",
+                 args.out / "utilization_over_time.csv", figure)  # fmt: skip
     return summary
 
 
-@cli_main("python -m experiments.fragmentation")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.fragmentation", build_parser, run)
 
 
 if __name__ == "__main__":

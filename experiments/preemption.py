@@ -22,21 +22,20 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments.common import (
-    add_common_arguments,
+    experiment_main,
+    experiment_parser,
     has_config_field,
     log_ticks,
     note,
     ok_rows,
     policy_styles,
-    print_table,
-    read_table,
+    print_report,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
-    write_table,
+    table_experiment,
 )
-from odrive.cli_errors import CLIParser, cli_main
 from sim.simulator import SimResult
 from sim.sweep import run_sweep
 
@@ -72,12 +71,7 @@ def preemption_metrics(result: SimResult) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.preemption",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument("--page-sizes", type=int, nargs="+", default=None)
     p.add_argument("--capacities", type=int, nargs="+", default=None, help="KV pool sizes in tokens")
     p.add_argument("--schedulers", nargs="+", default=["fcfs"])
@@ -125,8 +119,11 @@ def plot(table: pd.DataFrame, path: Path, publish: Path | None = None) -> Path:
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
-    if args.replot:
-        return report(read_table(args.out / f"{NAME}.csv"), args)
+    return table_experiment(args, NAME, TABLE_COLUMNS, preemption_table, report)
+
+
+def preemption_table(args: argparse.Namespace) -> pd.DataFrame:
+    """Every (mode, page size, scheduler, pool) run, with its throughput relative to an unconstrained pool."""
     modes = preemption_modes()
     schedulers = registered("scheduler", args.schedulers)
     page_sizes = args.page_sizes or (FULL_PAGE_SIZES if args.full else QUICK_PAGE_SIZES)
@@ -146,9 +143,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     free = table.loc[table["pressure"] == "unconstrained", [*keys, "output_token_throughput"]]
     table = table.merge(free.rename(columns={"output_token_throughput": "free_throughput"}), on=keys, how="left")
     table["relative_throughput"] = table["output_token_throughput"] / table["free_throughput"]
-    summary = table[[c for c in TABLE_COLUMNS if c in table.columns]]
-    write_table(summary, args.out / f"{NAME}.csv")
-    return report(summary, args)
+    return table
 
 
 def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
@@ -156,15 +151,13 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     figure = plot(summary, args.out / f"{NAME}.png", args.publish)
     shown = ["preemption_mode", "page_size", "kv_capacity_tokens", "preemptions", "preempted_fraction",
              "recomputed_fraction", "output_token_throughput", "relative_throughput", "e2e_p99"]  # fmt: skip
-    print_table(summary[shown], "Preemption cost by mode, page size and KV capacity (tokens):")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {figure}")
+    print_report(
+        summary[shown], "Preemption cost by mode, page size and KV capacity (tokens):", args.out / f"{NAME}.csv", figure
+    )
     return summary
 
 
-@cli_main("python -m experiments.preemption")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.preemption", build_parser, run)
 
 
 if __name__ == "__main__":

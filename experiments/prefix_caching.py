@@ -21,19 +21,18 @@ import pandas as pd
 
 from experiments.common import (
     MARKERS,
-    add_common_arguments,
+    experiment_main,
+    experiment_parser,
     log_ticks,
     ok_rows,
     plain_log_labels,
-    print_table,
-    read_table,
+    print_report,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
-    write_table,
+    table_experiment,
 )
-from odrive.cli_errors import CLIParser, cli_main
 from sim.sweep import run_sweep
 from sim.workloads import WORKLOAD_KINDS  # its import registers the shared-prefix: and multi-turn: kinds
 
@@ -74,12 +73,7 @@ def available_workloads() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.prefix_caching",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument(
         "--schedulers", nargs="+", default=None, help=f"default: those of {SCHEDULERS_OF_INTEREST} registered now"
     )
@@ -157,8 +151,11 @@ def run(args: argparse.Namespace) -> pd.DataFrame | None:
         if args.out == build_parser().get_default("out"):
             args.out = args.out.parent / mooncake.NAME
         return mooncake.run(args)[0]
-    if args.replot:
-        return report(read_table(args.out / f"{NAME}.csv"), args)
+    return table_experiment(args, NAME, TABLE_COLUMNS, gains_table, report)
+
+
+def gains_table(args: argparse.Namespace) -> pd.DataFrame:
+    """Every (workload, rate, allocator, scheduler) run, with the prefix cache's gains over the baseline."""
     names = available_workloads()
     schedulers = registered("scheduler", args.schedulers or [s for s in SCHEDULERS_OF_INTEREST])
     grid = []
@@ -172,10 +169,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame | None:
     table = ok_rows(run_sweep(grid, **sweep_kwargs(args)))
     kind_names = {kind: name for name, kind in KINDS.items()}
     table["workload_name"] = [kind_names[w.split(":", 1)[0]] for w in table["workload"]]
-    table = with_gains(table)
-    summary = table[[c for c in TABLE_COLUMNS if c in table.columns]]
-    write_table(summary, args.out / f"{NAME}.csv")
-    return report(summary, args)
+    return with_gains(table)
 
 
 def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
@@ -184,15 +178,16 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     shown = [
         c for c in summary.columns if c not in ("model", "accelerator", "page_size", "run_id", "requests", "finished")
     ]
-    print_table(summary[shown], "Prefix caching (rates in requests/s; multi-turn: new conversations/s):")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {figure}")
+    print_report(
+        summary[shown],
+        "Prefix caching (rates in requests/s; multi-turn: new conversations/s):",
+        args.out / f"{NAME}.csv",
+        figure,
+    )
     return summary
 
 
-@cli_main("python -m experiments.prefix_caching")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.prefix_caching", build_parser, run)
 
 
 if __name__ == "__main__":

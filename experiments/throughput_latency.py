@@ -18,20 +18,19 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments.common import (
-    add_common_arguments,
     empirical_poisson_spec,
+    experiment_main,
+    experiment_parser,
     ok_rows,
     plain_log_labels,
     policy_styles,
-    print_table,
-    read_table,
+    print_report,
     registered,
     save_figure,
     series_legend,
     sweep_kwargs,
-    write_table,
+    table_experiment,
 )
-from odrive.cli_errors import CLIParser, cli_main
 from sim.hardware import ACCELERATORS
 from sim.sweep import run_sweep, slo_result_metrics
 
@@ -47,12 +46,7 @@ TABLE_COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CLIParser(
-        prog="python -m experiments.throughput_latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p, NAME)
+    p = experiment_parser(NAME, __doc__)
     p.add_argument("--schedulers", nargs="+", default=None, help="default: every registered scheduler")
     p.add_argument("--accelerators", nargs="+", default=list(DEFAULT_ACCELERATORS), choices=sorted(ACCELERATORS))
     p.add_argument("--rates", type=float, nargs="+", default=None, help="requests per second")
@@ -115,8 +109,11 @@ def plot(table: pd.DataFrame, path: Path, ttft_slo: float, tpot_slo: float, publ
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
-    if args.replot:
-        return report(read_table(args.out / f"{NAME}.csv"), args)
+    return table_experiment(args, NAME, TABLE_COLUMNS, load_table, report)
+
+
+def load_table(args: argparse.Namespace) -> pd.DataFrame:
+    """Every (accelerator, scheduler, rate) run with its SLO metrics."""
     schedulers = registered("scheduler", args.schedulers)
     rates = args.rates or (FULL_RATES if args.full else QUICK_RATES)
     n = args.requests or (2000 if args.full else 200)
@@ -127,9 +124,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     slo = functools.partial(slo_result_metrics, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo)
     table = ok_rows(run_sweep(grid, extra_metrics=slo, **sweep_kwargs(args)))
     table["trace"] = args.trace
-    summary = table[[c for c in TABLE_COLUMNS if c in table.columns]]
-    write_table(summary, args.out / f"{NAME}.csv")
-    return report(summary, args)
+    return table
 
 
 def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
@@ -137,15 +132,16 @@ def report(summary: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     figure = plot(summary, args.out / f"{NAME}.png", args.ttft_slo, args.tpot_slo, args.publish)
     shown = ["accelerator", "scheduler", "rate", "request_throughput", "goodput", "ttft_p50", "ttft_p99", "tpot_p50",
              "tpot_p99", "e2e_p99"]  # fmt: skip
-    print_table(summary[shown], "Throughput (req/s), goodput (req/s) and latency (s) by offered load:")
-    print(f"\nwrote {args.out / f'{NAME}.csv'}, {figure}")
+    print_report(
+        summary[shown],
+        "Throughput (req/s), goodput (req/s) and latency (s) by offered load:",
+        args.out / f"{NAME}.csv",
+        figure,
+    )
     return summary
 
 
-@cli_main("python -m experiments.throughput_latency")
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = experiment_main("python -m experiments.throughput_latency", build_parser, run)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ SHARED_DIRS = ("data",)
 COMPILED_MODULES = (
     "odrive/core/request.py",
     "odrive/core/executor.py",
+    "odrive/core/buckets.py",
     "odrive/core/metrics.py",
     "odrive/core/decode_runs.py",
     "odrive/core/engine.py",

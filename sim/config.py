@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from odrive.core.assembly import EngineSpec
 from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
 from sim.model_spec import ModelSpec, get_model_spec
@@ -76,6 +77,15 @@ class SimConfig:
             scheduler_kwargs=self.scheduler_kwargs,
             sliding_window=self.model_spec().sliding_window,
         )
+
+    def engine_spec(self, num_pages: int, *, fast_forward: bool = True) -> EngineSpec:
+        """The engine of this replica with a pool of ``num_pages`` (as :func:`sim.simulator.build_engine` sizes it):
+        the one assembly the real engine uses too."""
+        return EngineSpec(
+            scheduler_config=self.scheduler_config(), num_pages=num_pages, page_size=self.page_size,
+            scheduler=self.scheduler, allocator=self.allocator, allocator_kwargs=self.allocator_kwargs,
+            check_invariants=self.check_invariants, record_steps=self.record_steps, fast_forward=fast_forward,
+        )  # fmt: skip
 
     def model_spec(self) -> ModelSpec:
         """The spec of ``model`` (a preset, a checkpoint folder, a GGUF file or a packaged name)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pandas as pd
 import pytest
 
@@ -34,3 +36,23 @@ def test_replot_without_a_saved_table_says_so(tmp_path, capsys) -> None:
     assert capsys.readouterr().err.endswith("run the experiment without --replot first\n")
     with pytest.raises(common.ExperimentError, match="without --replot first"):
         preemption.main(["--out", str(tmp_path), "--replot", "--debug"])
+
+
+def test_table_experiment_writes_the_chosen_columns_and_replots_them(tmp_path) -> None:
+    reported = []
+
+    def report(table, args):  # noqa: ANN001, ANN202
+        reported.append(table)
+        return table
+
+    args = argparse.Namespace(out=tmp_path, replot=False)
+    made = common.table_experiment(args, "demo", ["b", "a", "missing"],
+                                   lambda _: pd.DataFrame({"a": [1, 2], "b": [3, 4], "c": [5, 6]}), report)  # fmt: skip
+    assert list(made.columns) == ["b", "a"] and (tmp_path / "demo.csv").is_file()
+    args.replot = True
+    again = common.table_experiment(args, "demo", ["b", "a"], lambda _: 1 / 0, report)
+    pd.testing.assert_frame_equal(again, made)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int)
+    main = common.experiment_main("demo", lambda: parser, lambda a: reported.append(a.n))
+    assert main(["--n", "3"]) == 0 and reported[-1] == 3

@@ -108,3 +108,13 @@ def test_pages_never_overflow_the_device(name: str, tp: int, page_size: int, gib
     assert math.ceil(decoder.num_kv_heads / tp) * decoder.head_dim * 2 * decoder.num_layers * spec.dtype_bytes == (
         decoder.kv_bytes_per_token(spec.dtype_bytes, tp)
     )
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b", "tiny-bench", "qwen2.5-7b", "qwen3-8b", "smollm2-135m"])
+def test_the_real_config_feeds_the_core_shape(name: str) -> None:
+    # One home for the byte counts: LlamaConfig's parameter and K/V sizes are the core DecoderShape's.
+    shape = get_model_spec(name).decoder
+    config = llama_config(shape)
+    assert config.decoder_shape == shape
+    assert config.num_parameters() == shape.num_parameters
+    assert config.kv_bytes_per_token("bfloat16") == shape.kv_bytes_per_token(2)

@@ -172,3 +172,18 @@ def test_n_samples_fan_out_with_distinct_reproducible_seeds(surge):
     with pytest.raises(ValueError, match="generate"):
         surge.submit("The engine", params)
     assert surge.num_free_pages == surge.num_usable_pages
+
+
+def test_idle_and_drain_in_the_calling_thread_and_with_the_background_thread(surge, mp):
+    assert surge.is_idle
+    handles = [surge.submit(p, GREEDY) for p in ("The engine keeps a pool", "Pages")]
+    assert not surge.is_idle and not any(h.done for h in handles)
+    surge.drain()  # no background thread: steps here
+    assert all(h.done for h in handles) and surge.is_idle
+    surge.start()
+    assert not surge.is_idle  # its thread drives the engine
+    handle = surge.submit("Pages", GREEDY)
+    surge.drain()  # waits for the thread
+    assert handle.done and handle.result().token_ids == expected(mp, "Pages", len(handle.result().token_ids))
+    surge.stop()
+    assert surge.is_idle

@@ -6,13 +6,13 @@ JAX-free, so the simulator can compute the same features for a batch it only mod
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from odrive.core.batch_builder import BatchBuilder, power_of_two_buckets
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.buckets import bucket_for, power_of_two_buckets
 from odrive.schedulers.config import SchedulerConfig
 
 # ragged_paged_attention_blocked's defaults (the CPU attention implementation): prefill tiles of Q_BLOCK query rows
@@ -71,13 +71,13 @@ class EngineGeometry:
         return self._whole_pages(self.decode_kv_block_tokens)
 
     def padded_tokens(self, n: int) -> int:
-        """``BatchBuilder``'s token bucket for ``n`` tokens (``n`` itself past the largest bucket)."""
-        i = bisect.bisect_left(self.token_buckets, n)
-        return self.token_buckets[i] if i < len(self.token_buckets) else n
+        """``BatchBuilder``'s token bucket for ``n`` tokens; past the largest, a ``BucketOverflow`` (the engine
+        cannot run such a step either)."""
+        return bucket_for(n, self.token_buckets, "step of tokens")
 
     def padded_seqs(self, n: int) -> int:
-        i = bisect.bisect_left(self.seq_buckets, n)
-        return self.seq_buckets[i] if i < len(self.seq_buckets) else n
+        """``BatchBuilder``'s sequence bucket for ``n`` sequences (``BucketOverflow`` past the largest)."""
+        return bucket_for(n, self.seq_buckets, "step of sequences")
 
     def to_dict(self) -> dict:
         d = asdict(self)

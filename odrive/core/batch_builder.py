@@ -1,4 +1,5 @@
-"""Turn a step's SeqChunks into the padded flat arrays the paged forward takes."""
+"""Turn a step's SeqChunks into the padded flat arrays the paged forward takes (padded with
+:func:`odrive.core.buckets.bucket_for`)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from odrive.allocators.base import NULL_PAGE
+from odrive.core.buckets import bucket_for
 from odrive.core.executor import SeqChunk
-
-
-def _bucket(n: int, buckets: tuple[int, ...]) -> int:
-    for b in buckets:
-        if b >= n:
-            return b
-    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
-
-
-def power_of_two_buckets(limit: int, smallest: int = 8) -> tuple[int, ...]:
-    out, b = [], smallest
-    while b < limit:
-        out.append(b)
-        b *= 2
-    out.append(limit)
-    return tuple(sorted(set(out)))
 
 
 @dataclass
@@ -55,8 +41,8 @@ class BatchBuilder:
 
     def build(self, batch: list[SeqChunk]) -> ModelInputs:
         total = sum(c.num_tokens for c in batch)
-        t_pad = _bucket(total, self.token_buckets)
-        s_pad = _bucket(len(batch), self.seq_buckets)
+        t_pad = bucket_for(total, self.token_buckets, "step of tokens")
+        s_pad = bucket_for(len(batch), self.seq_buckets, "step of sequences")
         ps = self.page_size
         token_ids = np.zeros(t_pad, np.int32)
         positions = np.zeros(t_pad, np.int32)

@@ -10,7 +10,7 @@ import numpy as np
 from mypy_extensions import mypyc_attr
 
 from odrive.core.decode_runs import UNRECORDED, commit_run, decode_chain, fit_pages, grow_tables, run_usage
-from odrive.core.executor import Executor, SeqChunk, SwapOps
+from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.core.invariants import check_plan
 from odrive.core.metrics import MetricsRecorder, PageUsage
 from odrive.core.request import SIMULATED_TOKEN_ID, FinishReason, Request, RequestStatus
@@ -81,6 +81,10 @@ class Engine:
         self.fast_forward_past_finishes = True  # see ``_fast_forward``; a cluster with state-aware routing opts out
         # Called with every StepOutcome (e.g. to keep each step's plan); a hook, so nothing needs to wrap ``step``.
         self.outcome_listeners: list[Callable[[StepOutcome], None]] = []
+        # Called with every batch the executor ran and its result, and with every swap it copied and its seconds
+        # (e.g. the profiler's replay keeps each step's shapes): hooks, so nothing needs to wrap the executor.
+        self.execute_listeners: list[Callable[[list[SeqChunk], ExecuteResult], None]] = []
+        self.swap_listeners: list[Callable[[SwapOps, float], None]] = []
         # The plan of the step in progress (None before the scheduler returns one): if a step raises, its requests.
         self.current_plan: StepPlan | None = None
         # Pages the caller holds in this engine's allocator outside any request (a disaggregated prefill replica's
@@ -219,6 +223,8 @@ class Engine:
                 if outcome is not None:
                     return outcome
         result, faults = execute_isolating(self.executor, batch)
+        for listener in self.execute_listeners:
+            listener(batch, result)
         duration, sampled = swap_time + result.duration, result.sampled_token_ids
         # pages in use during the step, before finishes free any
         usage = PageUsage.of(self.allocator.stats()) if self.metrics.record_steps else UNRECORDED
@@ -374,6 +380,8 @@ class Engine:
             return 0.0
         ops = SwapOps(plan.swap_out, plan.swap_in, self.allocator.page_size)
         seconds = self.executor.swap(ops)
+        for listener in self.swap_listeners:
+            listener(ops, seconds)
         stats = self.swap_stats
         stats.requests_out += len(ops.swap_out)
         stats.requests_in += len(ops.swap_in)

@@ -1,8 +1,10 @@
 """KV pages per device: one formula for the simulator and the real engine (imports neither JAX nor the simulator).
 
 A device fits ``floor((device_bytes × hbm_utilization − weight bytes on the device) / page bytes on the device)``
-pages. :func:`kv_pages_fit` is that formula; the real engine's ``odrive.runtime.memory.plan_kv_pages`` (one
-device or ``tp``) and the simulator's ``sim.model_spec.num_kv_pages`` both call it.
+pages. :func:`kv_pages_fit` is that formula, and :class:`DecoderShape` the one home of the weight and K/V byte
+counts it is fed: the real engine's ``odrive.runtime.memory.plan_kv_pages`` (one device, or ``tp`` through
+``odrive.parallel.memory.per_device_kv_pages``; ``LlamaConfig.decoder_shape``) and the simulator's
+``sim.model_spec.num_kv_pages`` (``ModelSpec.decoder``) all call it.
 
 Under ``tp``-way tensor parallelism a device holds its share of the weights in the layout of
 ``odrive.parallel.specs`` (Megatron): the q/k/v/o projections and the gated MLP are split over the devices
@@ -110,6 +112,12 @@ def check_tp_size(tp: int) -> None:
         raise ConfigError(f"tensor parallel size must be an int >= 1, got {tp!r}")
 
 
+def check_hbm_utilization(hbm_utilization: float) -> None:
+    """ConfigError unless ``0 < hbm_utilization <= 1`` (NaN included)."""
+    if not 0.0 < hbm_utilization <= 1.0:  # also refuses NaN
+        raise ConfigError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
+
+
 def kv_pages_fit(
     *, device_bytes: int | float, hbm_utilization: float, weight_bytes: int | float, page_bytes: int | float,
     min_pages: int = 1, what: str = "",
@@ -119,8 +127,7 @@ def kv_pages_fit(
     Raises ConfigError (naming every number) for a utilization outside ``(0, 1]``, a page of no bytes, or fewer
     than ``min_pages`` pages; ``what`` (e.g. ``"for 'llama-2-7b' per device (tp=2)"``) prefixes that message.
     """
-    if not 0.0 < hbm_utilization <= 1.0:  # also refuses NaN
-        raise ConfigError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
+    check_hbm_utilization(hbm_utilization)
     if not page_bytes > 0:
         raise ConfigError(f"a KV page must hold bytes, got page_bytes={page_bytes}")
     budget = device_bytes * hbm_utilization - weight_bytes

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from odrive.core.kv_pages import DecoderShape
 from odrive.models.dtypes import DTypeLike, resolve_dtype
 
 # model_type -> HF architecture. Qwen2 adds q/k/v projection biases, Qwen3 a per-head RMSNorm on q and k,
@@ -146,20 +147,26 @@ class LlamaConfig:
             return ()
         return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
+    @property
+    def decoder_shape(self) -> DecoderShape:
+        """The sizes that decide the model's memory, in the core's terms (:mod:`odrive.core.kv_pages`, whose
+        weight and K/V byte formulas the simulator's model specs use too)."""
+        return DecoderShape(
+            num_layers=self.num_hidden_layers, hidden_size=self.hidden_size, num_q_heads=self.num_attention_heads,
+            num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim,  # type: ignore[arg-type]
+            intermediate_size=self.intermediate_size, vocab_size=self.vocab_size,
+            tie_word_embeddings=self.tie_word_embeddings, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm,
+        )  # fmt: skip
+
     def kv_bytes_per_token(self, dtype: DTypeLike | None = None) -> int:
         """Bytes of K+V cache per token across all layers (defaults to ``torch_dtype``)."""
-        itemsize = resolve_dtype(self.torch_dtype if dtype is None else dtype).itemsize
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * itemsize
+        return self.decoder_shape.kv_bytes_per_token(
+            resolve_dtype(self.torch_dtype if dtype is None else dtype).itemsize
+        )
 
     def num_parameters(self) -> int:
         """Total number of weights (embeddings counted once when tied)."""
-        h = self.hidden_size
-        q = self.num_attention_heads * self.head_dim
-        kv = self.num_key_value_heads * self.head_dim
-        per_layer = 2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size + 2 * h
-        per_layer += (q + 2 * kv) * self.qkv_bias + 2 * self.head_dim * self.qk_norm
-        head = 0 if self.tie_word_embeddings else self.vocab_size * h
-        return self.vocab_size * h + self.num_hidden_layers * per_layer + h + head
+        return self.decoder_shape.num_parameters
 
     # ------------------------------------------------------------------ HF conversion
     @classmethod

@@ -6,9 +6,12 @@ replicated ones (embeddings, norms, a replicated LM head) their full size. Hence
 
     pages = floor((device_bytes * hbm_utilization - weight_bytes_per_device) / (page_bytes / tp))
 
-— the same ``plan_kv_pages`` formula, fed per-device numbers. It is the same on every device, and one
-allocator hands out page ids for all of them. Since replicated weights do not shrink, pages grow slightly
-more than ``tp``-fold over one device of the same memory (the model no longer has to fit on one).
+— the same ``plan_kv_pages`` formula (:func:`odrive.core.kv_pages.kv_pages_fit`), fed per-device numbers from
+the core's :class:`~odrive.core.kv_pages.DecoderShape` (``LlamaConfig.decoder_shape``), as the simulator's are.
+It is the same on every device, and one allocator hands out page ids for all of them. Since replicated weights
+do not shrink, pages grow slightly more than ``tp``-fold over one device of the same memory (the model no longer
+has to fit on one). :func:`per_device_weight_bytes` derives the weights from the PartitionSpecs the engine shards
+with instead: a cross-check of that formula (tests/test_kv_pages.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from odrive.runtime.memory import MemoryPlan, device_memory, plan_kv_pages
 
 
 def per_device_weight_bytes(config: LlamaConfig, tp: int, dtype: DTypeLike | None = None) -> int:
-    """Bytes of params one device holds under the layout of ``odrive.parallel.specs``."""
+    """Bytes of params one device holds under the layout of ``odrive.parallel.specs`` (counted from the
+    PartitionSpecs; equals ``config.decoder_shape.weight_bytes_per_device``, which the page plan uses)."""
     check_tp(config, tp)
     itemsize = resolve_dtype(config.torch_dtype if dtype is None else dtype).itemsize
     shapes, specs = param_shapes(config), param_specs(config, tp, "model")
@@ -38,7 +42,8 @@ def per_device_weight_bytes(config: LlamaConfig, tp: int, dtype: DTypeLike | Non
 def per_device_kv_bytes_per_token(config: LlamaConfig, tp: int, dtype: DTypeLike | None = None) -> int:
     """K and V bytes of one token, all layers, on one device (its ``kv_heads / tp`` heads)."""
     check_tp(config, tp)
-    return config.kv_bytes_per_token(dtype) // tp
+    itemsize = resolve_dtype(config.torch_dtype if dtype is None else dtype).itemsize
+    return config.decoder_shape.kv_bytes_per_token(itemsize, tp)
 
 
 def smallest_over_processes(num_bytes: int) -> int:
@@ -75,8 +80,10 @@ def per_device_kv_pages(
             source += f", smallest of {jax.process_count()} processes"
     else:
         source = f"per-device (tp={tp}) given"
+    check_tp(config, tp)
+    itemsize = resolve_dtype(config.torch_dtype if dtype is None else dtype).itemsize
     return plan_kv_pages(
-        weight_bytes=per_device_weight_bytes(config, tp, dtype),
+        weight_bytes=config.decoder_shape.weight_bytes_per_device(tp, itemsize),
         kv_bytes_per_token=per_device_kv_bytes_per_token(config, tp, kv_dtype or dtype),
         page_size=page_size, hbm_utilization=hbm_utilization, max_running=max_running, max_model_len=max_model_len,
         device_bytes=device_bytes, source=source, num_pages_override=num_pages_override,

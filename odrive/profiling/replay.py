@@ -24,8 +24,8 @@ from odrive.calibration.features import (
     step_features,
 )
 from odrive.calibration.grid import GridPoint, build_batch
-from odrive.core.engine import StepOutcome
-from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.engine import Engine, StepOutcome
+from odrive.core.executor import ExecuteResult, SeqChunk, SwapOps
 from odrive.core.sampling_params import SamplingParams
 from odrive.profiling.plans import plan_table, record_outcomes, stop_recording
 from odrive.vsurge.driver import vSurge
@@ -34,26 +34,29 @@ from sim.workloads.request import Workload
 TIME_COLUMNS = ("arrival_time", "first_scheduled_time", "first_token_time", "finish_time")
 
 
-class ShapeRecorder(Executor):
-    """Delegates to the real executor and keeps each step's ``(q_lens, kv_lens)`` (two list appends) and the
-    seconds of each step's swap copies (``swap_s``, by step index; swap preemption)."""
+class ShapeRecorder:
+    """Listens to an engine's executor (``Engine.execute_listeners`` and ``swap_listeners``, from :meth:`attach`
+    to :meth:`detach`) and keeps each step's ``(q_lens, kv_lens)`` (two list appends) and the seconds of each step's
+    swap copies (``swap_s``, by step index; swap preemption)."""
 
-    def __init__(self, inner: Executor) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.shapes: list[tuple[list[int], list[int]]] = []
         self.swaps: list[tuple[int, SwapOps, float]] = []  # (index of the step the copies ran before, ops, seconds)
 
-    def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
+    def executed(self, batch: list[SeqChunk], result: ExecuteResult) -> None:
         self.shapes.append(([c.num_tokens for c in batch], [c.start + c.num_tokens for c in batch]))
-        return self.inner.execute(batch)
 
-    def swap(self, ops: SwapOps) -> float:
-        seconds = self.inner.swap(ops)
+    def swapped(self, ops: SwapOps, seconds: float) -> None:
         self.swaps.append((len(self.shapes), ops, seconds))
-        return seconds
 
-    def discard_swapped(self, request_id: str) -> None:
-        self.inner.discard_swapped(request_id)
+    def attach(self, engine: Engine) -> ShapeRecorder:
+        engine.execute_listeners.append(self.executed)
+        engine.swap_listeners.append(self.swapped)
+        return self
+
+    def detach(self, engine: Engine) -> None:
+        engine.execute_listeners.remove(self.executed)
+        engine.swap_listeners.remove(self.swapped)
 
 
 @dataclass
@@ -99,16 +102,15 @@ def replay(
     polling (``time.sleep`` overshoots by ~0.1 ms).
     """
     engine = surge.engine
-    if engine.has_unfinished or surge._thread is not None:
+    if not surge.is_idle:
         raise RuntimeError("replay needs an idle engine without its background thread")
     prompts = make_prompts(workload, surge.model.config.vocab_size, seed)
     params = [SamplingParams(max_tokens=int(n), temperature=0.0, ignore_eos=True) for n in workload.output_lens]
     arrivals = workload.arrival_times.tolist()
     priorities = [0] * len(arrivals) if workload.priorities is None else workload.priorities.tolist()
     n_req, n_steps0, n_done0 = len(arrivals), len(engine.metrics.steps_frame()), engine.metrics.num_done
-    recorder = ShapeRecorder(engine.executor)
+    recorder = ShapeRecorder().attach(engine)
     outcomes: list[StepOutcome] = record_outcomes(engine)
-    engine.executor = recorder
     index_of: dict[str, int] = {}
     lag = np.zeros(n_req)
     after_idle: list[bool] = []
@@ -136,7 +138,7 @@ def replay(
             _sleep_until(origin + arrivals[i], spin_s)
             idle = True
     finally:
-        engine.executor = recorder.inner
+        recorder.detach(engine)
         stop_recording(engine, outcomes)
     wall = time.perf_counter() - origin
     steps = engine.metrics.steps_frame().iloc[n_steps0:].reset_index(drop=True)

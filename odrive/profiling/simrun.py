@@ -4,13 +4,16 @@ every plan recorded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from odrive.allocators.prefix_cache import PrefixCacheStats
 from odrive.core.engine import SwapStats
+from odrive.core.executor import Executor
 from odrive.profiling.plans import plan_table, record_outcomes, sim_request_index
+from odrive.schedulers.config import SchedulerConfig
 from sim.config import SimConfig
 from sim.executor import SimExecutor, swap_rates
 from sim.hardware import get_accelerator
@@ -48,19 +51,17 @@ def simulate_calibrated(
     charged as ``build_engine`` charges it. ``fast_forward=False`` steps decode runs one at a time (the real
     engine's granularity), e.g. to compare plans step by step.
     """
-    sim = Simulator(config, workload)
-    engine = sim.engine
-    sched_cfg = engine.scheduler.config
     kv_bytes, bandwidth = swap_rates(get_model_spec(config.model), get_accelerator(config.accelerator), config.tp)
     rates = {"kv_bytes_per_token": kv_bytes, "host_bandwidth": bandwidth}
-    if exact:
-        executor = model.make_executor(
-            sched_cfg, page_size=config.page_size, max_length=max_length, clock=lambda: sim.env.now, **rates
-        )
-    else:
-        executor = SimExecutor(model, sched_cfg, **rates)
-    engine.fast_forward = fast_forward
-    engine.executor = executor
+
+    def executor(sched_cfg: SchedulerConfig, clock: Callable[[], float] | None) -> Executor:
+        if exact:
+            return model.make_executor(sched_cfg, page_size=config.page_size, max_length=max_length, clock=clock,
+                                       **rates)  # fmt: skip
+        return SimExecutor(model, sched_cfg, **rates)
+
+    sim = Simulator(config, workload, executor=executor, fast_forward=fast_forward)
+    engine = sim.engine
     outcomes = record_outcomes(engine) if record_plans else None
     result = sim.run()
     requests = result.requests.copy()

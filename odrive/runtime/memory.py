@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import jax
 
-from odrive.core.kv_pages import kv_pages_fit
+from odrive.core.kv_pages import check_hbm_utilization, kv_pages_fit
 from odrive.errors import ConfigError
 
 log = logging.getLogger("odrive")
@@ -111,8 +111,7 @@ def plan_kv_pages(
     ``num_pages_override`` (pages including the null page) replaces the memory-derived count; ``kv_cache_bytes``
     sizes the pool from an explicit byte budget instead of the device's memory.
     """
-    if not 0.0 < hbm_utilization <= 1.0:
-        raise ConfigError(f"hbm_utilization must be in (0, 1], got {hbm_utilization}")
+    check_hbm_utilization(hbm_utilization)
     page_bytes = kv_bytes_per_token * page_size
     pages_useful = max_running * -(-max_model_len // page_size) + 1
     if num_pages_override is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from odrive.core.buckets import bucket_for, power_of_two_buckets
 from odrive.errors import ConfigError
 
 PREEMPTION_MODES = ("recompute", "swap")
@@ -12,13 +13,7 @@ PREEMPTION_MODES = ("recompute", "swap")
 
 def default_prefill_buckets(max_prefill_length: int, smallest: int = 16) -> tuple[int, ...]:
     """Powers of two from ``smallest`` up to ``max_prefill_length``, which is always the last bucket."""
-    buckets = []
-    b = smallest
-    while b < max_prefill_length:
-        buckets.append(b)
-        b *= 2
-    buckets.append(max_prefill_length)
-    return tuple(buckets)
+    return power_of_two_buckets(max_prefill_length, smallest)
 
 
 @dataclass(frozen=True)
@@ -104,8 +99,6 @@ class SchedulerConfig:
         return min(int(self.chunk_size), self.max_prefill_length)  # type: ignore[arg-type]
 
     def bucket_for(self, num_tokens: int) -> int:
-        """The padded length of a prefill chunk of ``num_tokens``."""
-        for b in self.prefill_lengths:
-            if b >= num_tokens:
-                return b
-        raise ValueError(f"prefill chunk of {num_tokens} tokens exceeds the largest bucket {self.prefill_lengths[-1]}")
+        """The padded length of a prefill chunk of ``num_tokens`` (:func:`odrive.core.buckets.bucket_for`: past the
+        last bucket, ``max_prefill_length`` or more, a ``BucketOverflow``)."""
+        return bucket_for(num_tokens, self.prefill_lengths, "prefill chunk of tokens")

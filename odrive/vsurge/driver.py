@@ -13,17 +13,17 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from odrive.allocators import make_allocator
-from odrive.core.batch_builder import BatchBuilder, power_of_two_buckets
+from odrive.core.assembly import EngineSpec
+from odrive.core.batch_builder import BatchBuilder
+from odrive.core.buckets import power_of_two_buckets
 from odrive.core.engine import Engine, StepOutcome
-from odrive.core.metrics import MetricsRecorder
 from odrive.core.request import FinishReason, Request
 from odrive.core.sampling_params import SamplingParams
 from odrive.models.checkpoint import Model, load_model
 from odrive.processor import Processor, load_processor
 from odrive.runtime.jax_executor import JaxExecutor
 from odrive.runtime.memory import MemoryPlan, plan_kv_pages
-from odrive.schedulers import SchedulerConfig, make_scheduler
+from odrive.schedulers import SchedulerConfig
 from odrive.schedulers.plan import StepPlan
 from odrive.vsurge.handle import RequestHandle
 from odrive.vsurge.results import GenerationResult, StreamDelta
@@ -163,15 +163,13 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         )
         executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed, mesh=mesh,
                                compute_dtype=compute_dtype)  # fmt: skip
-        alloc = make_allocator(allocator, num_pages=plan.num_pages, page_size=page_size, **dict(allocator_kwargs or {}))
-        eos = set(cfg.eos_token_ids) | set(processor.eos_token_ids if processor else ())
-        engine = Engine(
-            make_scheduler(scheduler, sched_cfg, alloc),
-            executor,
-            metrics=MetricsRecorder(record_steps=record_steps),
-            eos_token_ids=eos,
-            check_invariants=check_invariants,
-        )
+        spec = EngineSpec(
+            scheduler_config=sched_cfg, num_pages=plan.num_pages, page_size=page_size, scheduler=scheduler,
+            allocator=allocator, allocator_kwargs=tuple(dict(allocator_kwargs or {}).items()),
+            eos_token_ids=frozenset(cfg.eos_token_ids) | frozenset(processor.eos_token_ids if processor else ()),
+            check_invariants=check_invariants, record_steps=record_steps, fast_forward=True,
+        )  # fmt: skip
+        engine = spec.build(executor)
         name = vsurge_name or f"odrive-{cfg.num_hidden_layers}L-{cfg.hidden_size}"
         return cls(engine, executor, model, processor, plan, name)
 
@@ -450,6 +448,20 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
     def _hit_stop_string(self, request: Request) -> bool:
         handle = self._handles.get(request.request_id)
         return handle is not None and handle.hit_stop_string()
+
+    @property
+    def is_idle(self) -> bool:
+        """True when no request is unfinished and no background thread runs: the caller may drive the engine
+        itself, step by step (as the profiler's replay does)."""
+        with self._lock:
+            return self._thread is None and not self.engine.has_unfinished
+
+    def drain(self) -> None:
+        """Return once every queued request is done: stepped in this thread, or, while the background thread runs,
+        waited for (raising if it failed)."""
+        with self._lock:
+            handles = list(self._handles.values())
+        self._drive_until(handles)
 
     @property
     def is_running(self) -> bool:

@@ -79,7 +79,7 @@ class DisaggregatedSimulator(ClusterSimulator):
         plan = None if plan is None else np.asarray(plan, dtype=np.int64)
         self.decode_replicas = [
             DecodeReplica(
-                first + j, decode, self.env, workload,
+                first + j, decode, self.env, self.requests,
                 HandoffRecorder(first + j, self._request_rows, self._step_rows, self, decode_index=j),
                 horizon_fn=self._decode_horizon, cluster=self, decode_index=j,
             )
@@ -90,7 +90,7 @@ class DisaggregatedSimulator(ClusterSimulator):
         self._prefill_of = [-1] * n  # each request's prefill replica, once known
         if self.routed_ahead:
             for p, replica in enumerate(self.replicas):
-                for i in replica._own.tolist():  # type: ignore[union-attr]
+                for i in replica._own:
                     self._prefill_of[i] = p
         self._bounds_inputs(workload, spec.kv_bytes_per_token)
         floor, transfer = np.array(self._prefill_floor), np.array(self._transfer)
@@ -144,7 +144,7 @@ class DisaggregatedSimulator(ClusterSimulator):
 
     def _make_replica(self, index: int, config: SimConfig, **kw: Any) -> Replica:
         recorder = HandoffRecorder(index, self._request_rows, self._step_rows, self)
-        return PrefillReplica(index, config, self.env, self.workload, recorder, cluster=self, **kw)
+        return PrefillReplica(index, config, self.env, self.requests, recorder, cluster=self, **kw)
 
     def decode_reason(self, request: Request) -> str | None:
         """Why the decode pool could never serve ``request`` (prompt + max_tokens), or None."""

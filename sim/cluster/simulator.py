@@ -25,6 +25,7 @@ from sim.cluster.table_sink import TableSink, default_format, read_table
 from sim.cluster.views import ClusterViews
 from sim.cluster.workloads import prefix_keys_from_tokens
 from sim.config import SimConfig
+from sim.simulator import WorkloadRequests
 from sim.workloads.request import Workload
 
 HORIZONS = ("lookahead", "conservative")
@@ -105,6 +106,7 @@ class ClusterSimulator:
         self.configs = expand_configs(configs, num_replicas)
         n = len(self.configs)
         self.workload = workload
+        self.requests = WorkloadRequests(workload)  # the replicas' requests, read once for all of them
         self.router = make_router(router, n, seed) if isinstance(router, str) else router
         self.router_name = router if isinstance(router, str) else type(router).__name__
         if self.router.num_replicas != n:
@@ -163,7 +165,7 @@ class ClusterSimulator:
     def _make_replica(self, index: int, config: SimConfig, **kw: Any) -> Replica:
         """Replica ``index`` of the pool arrivals are routed to (``kw``: its routing mode, see :class:`Replica`)."""
         recorder = StreamingRecorder(index, self._request_rows, self._step_rows, itl=self.itl)
-        return Replica(index, config, self.env, self.workload, recorder, **kw)
+        return Replica(index, config, self.env, self.requests, recorder, **kw)
 
     def _start(self) -> None:
         """Start processes beyond the replicas' (a subclass's); called once by :meth:`run`."""

@@ -41,7 +41,7 @@ from odrive.calibration.features import (
 )
 from odrive.calibration.fit import ProfileFit, fit_profile
 from odrive.calibration.profile import Profile, find_profile
-from odrive.core.batch_builder import power_of_two_buckets
+from odrive.core.buckets import power_of_two_buckets
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig

@@ -129,25 +129,57 @@ def test_seeded_sampling_is_reproducible_and_seed_matters(surge):
 
 
 def test_every_create_odriver_parameter_acts(mp):
+    """Each argument observed in what the engine does, not in what it stored."""
+    import threading
+
     model, processor = mp
-    s = odrive.vSurge.create_odriver(
-        model=model, processor=processor, max_prefill_length=16, prefill_lengths=[4, 16], page_size=8,
-        hbm_utilization=0.0005, max_concurrent_prefill=1, max_concurrent_decodes=2, seed=1, vsurge_name="named",
-    )  # fmt: skip
-    assert s.engine.allocator.page_size == 8
-    assert s.engine.scheduler.config.prefill_lengths == (4, 16)
-    assert 4 in s.executor.builder.token_buckets and 16 in s.executor.builder.token_buckets
-    assert s.engine.scheduler.config.max_concurrent_prefill == 1
-    assert s.engine.scheduler.config.max_concurrent_decodes == 2
-    assert s.executor.seed == 1
-    handle = s.submit("The engine", GREEDY)
-    assert handle.request_id.startswith("named-")
-    while not handle.done:
-        s.step()
+
+    def make(**kw):  # noqa: ANN003, ANN202
+        args = dict(model=model, processor=processor, max_prefill_length=16, prefill_lengths=[4, 16], page_size=8,
+                    hbm_utilization=0.0005, max_concurrent_prefill=1, max_concurrent_decodes=2, seed=1,
+                    vsurge_name="named")  # fmt: skip
+        return odrive.vSurge.create_odriver(**{**args, **kw})
+
+    s = make()
+    prompts = ["The engine", "A page of", "Tokens flow", "One more"]
+    sampled = SamplingParams(max_tokens=6, temperature=1.0, ignore_eos=True)  # no seed of its own
+    results = s.generate(prompts, sampled)
+    steps = s.engine.metrics.steps_frame()
+    # max_concurrent_prefill / max_concurrent_decodes bound what each recorded step ran
+    assert steps["num_prefill_seqs"].max() == 1 and (steps["num_prefill_seqs"] > 0).sum() >= len(prompts)
+    assert steps["num_decode_seqs"].max() <= 2 and (steps["num_decode_seqs"] == 2).any()
+    requests = s.engine.metrics.requests_frame()
+    # page_size and prefill_lengths: one 10-token prompt alone, 6 new tokens: 16 tokens in 2 pages of 8; its prefill
+    # padded to the 16-token bucket (what the executor's batch builder built)
+    built: list[int] = []
+    build = s.executor.builder.build
+    s.executor.builder.build = lambda batch: (x := build(batch), built.append(len(x.token_ids)))[0]
+    s.engine.metrics._steps.clear()
+    s.generate([list(range(3, 13))], GREEDY)
+    assert s.engine.metrics.steps_frame()["pages_used_max"].max() == 2
+    assert built[0] == 16 and set(built) <= set(s.executor.builder.token_buckets)
+    s.executor.builder.build = build
+    # seed: the engine seed drives requests that carry none; the same seed repeats them, another changes them
+    again = make().generate(prompts, sampled)
+    other = make(seed=2).generate(prompts, sampled)
+    assert [r.token_ids for r in again] == [r.token_ids for r in results]
+    assert [r.token_ids for r in other] != [r.token_ids for r in results]
+    # vsurge_name names request ids and the engine thread
+    assert requests["request_id"].str.startswith("named-").all()
+    s.start()
+    try:
+        assert any(t.name == "named-engine" for t in threading.enumerate())
+    finally:
+        s.stop()
+    # max_prefill_length rejects a longer prompt
+    with pytest.raises(ValueError, match="max_prefill_length=16"):
+        s.submit(list(range(3, 20)), GREEDY)
     # hbm_utilization sizes the pool from device memory (capped by what the running set can use)
     plan = s.memory_plan
     assert plan.pages_fit == int((plan.device_bytes * 0.0005 - plan.weight_bytes) // plan.page_bytes)
     assert s.engine.allocator.num_pages == min(plan.pages_fit, plan.pages_useful)
+    bigger = make(hbm_utilization=0.001)
+    assert bigger.memory_plan.pages_fit > plan.pages_fit
     with pytest.raises(odrive.ConfigError, match="hbm_utilization"):
         odrive.vSurge.create_odriver(model=model, processor=processor, hbm_utilization=1e-12, page_size=8)
     with pytest.raises(odrive.ConfigError, match="largest prefill bucket"):

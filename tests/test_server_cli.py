@@ -38,6 +38,13 @@ def test_serve_flags_reach_the_engine(tiny_checkpoint):
     assert surge.vsurge_name == "tiny" and surge.processor is not None
 
 
+def test_kv_cache_bytes_sizes_the_pool(tiny_checkpoint):
+    surge = build_surge(parse("--model", str(tiny_checkpoint), "--page-size", "8", "--kv-cache-bytes", "200000"))
+    plan = surge.memory_plan
+    assert plan.source == "kv_cache_bytes given" and plan.pages_fit == 200_000 // plan.page_bytes
+    assert surge.engine.allocator.num_pages == min(plan.pages_fit, plan.pages_useful)
+
+
 def test_served_name_defaults_to_the_checkpoint_folder(tiny_checkpoint):
     assert served_name(parse("--model", str(tiny_checkpoint))) == Path(tiny_checkpoint).resolve().name
     with pytest.raises(SystemExit):

@@ -39,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     engine.add_argument("--page-size", type=int, default=16)
     engine.add_argument("--hbm-utilization", type=float, default=0.6)
     engine.add_argument("--num-pages", type=int, default=None, help="override the page count from memory")
+    engine.add_argument(
+        "--kv-cache-bytes",
+        type=int,
+        default=None,
+        help="bytes for the KV pool, instead of --hbm-utilization of device memory (for devices that report none)",
+    )
     engine.add_argument("--max-concurrent-prefill", type=int, default=1)
     engine.add_argument("--max-concurrent-decodes", type=int, default=None)
     engine.add_argument("--max-length", type=int, default=None, help="prompt + output cap (default 2 x prefill)")
@@ -109,7 +115,8 @@ def build_surge(args: argparse.Namespace):  # noqa: ANN201 - vSurge (imported la
         prefill_lengths=args.prefill_lengths, page_size=args.page_size, hbm_utilization=args.hbm_utilization,
         max_concurrent_prefill=args.max_concurrent_prefill, max_concurrent_decodes=args.max_concurrent_decodes,
         seed=args.seed, vsurge_name=args.served_model_name, scheduler=args.scheduler,
-        allocator=args.allocator, max_length=args.max_length, num_pages=args.num_pages, record_steps=False,
+        allocator=args.allocator, max_length=args.max_length, num_pages=args.num_pages,
+        kv_cache_bytes=args.kv_cache_bytes, record_steps=False,
     )  # fmt: skip
 
 

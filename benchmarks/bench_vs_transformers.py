@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--skip-hf", action="store_true", help="odrive only (no transformers comparison)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table (and TTFT, startup) to this CSV")
     args = p.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
     limits = machine_limits.measure()
@@ -92,6 +93,33 @@ def main() -> None:
         print(f"TTFT ratio hf/odrive (best): {min(ttft['hf']) / min(ttft['odrive']):.2f}x")
     print(f"odrive startup: load {ours.load_s:.1f} s + compile of the shapes used {ours.compile_s:.1f} s "
           f"= {ours.load_s + ours.compile_s:.1f} s ({args.dtype})")
+    if args.out is not None:
+        table = pd.DataFrame(rows).assign(
+            dtype=args.dtype, new_tokens=args.new_tokens, prompt_len=args.prompt_len, repeats=args.repeats,
+            read_gb_s=limits.read_bytes_per_s / 1e9, matmul_gflop_s=limits.matmul_flops_per_s / 1e9,
+            ttft_len=len(ttft_prompt), odrive_ttft_ms_best=min(ttft["odrive"]) * 1e3,
+            hf_ttft_ms_best=min(ttft["hf"]) * 1e3 if "hf" in ttft else np.nan,
+            startup_s=ours.load_s + ours.compile_s,
+        )  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out}\n\n{markdown_table(table) if hf is not None else ''}")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The README's table of a ``--out`` CSV (``tests/test_bench_tables.py`` checks the README holds it)."""
+    lines = [
+        "| batch | odrive tok/s (best / median) | transformers tok/s (best / median) | odrive / transformers "
+        "| decode step (ms) | roofline bound (ms) | fraction of roofline | greedy tokens agree |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.batch} | {r.odrive_tok_s_best:.1f} / {r.odrive_tok_s_median:.1f} | {r.hf_tok_s_best:.1f} / "
+            f"{r.hf_tok_s_median:.1f} | {r.speedup:.2f}x | {r.decode_step_ms:.1f} | {r.bound_ms:.1f} | "
+            f"{r.roofline_fraction:.0%} | {r.greedy_agree} |"
+        )
+    return "\n".join(lines)
 
 
 def make_prompts(processor, count: int, length: int, ttft_len: int) -> tuple[list[list[int]], list[int]]:  # noqa: ANN001

@@ -145,7 +145,7 @@ def markdown(table: pd.DataFrame) -> str:
         f"{r.runs} |"
         for r in s.itertuples()
     ]
-    seeds, loads = sorted(table["seed"].unique()), sorted(table["load"].unique())
+    seeds, loads = sorted(int(x) for x in table["seed"].unique()), sorted(table["load"].unique())
     note = (f"\n\nModel {model}; median |error| over seeds {', '.join(map(str, seeds))} and loads "
             f"{', '.join(f'{x:g}' for x in loads)} (x simulated saturation); from `{TABLE.relative_to(ROOT)}` by "
             "`python -m experiments.validate_policies --replot`.")  # fmt: skip

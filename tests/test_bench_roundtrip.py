@@ -67,8 +67,7 @@ class StepLog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.shapes = ShapeRecorder(engine.executor)
-        engine.executor = self.shapes
+        self.shapes = ShapeRecorder().attach(engine)
         self.rows: list[tuple[float, bool]] = []  # (start, engine still busy after the step)
         engine.outcome_listeners.append(lambda o: self.rows.append((o.start, engine.has_unfinished)))
 

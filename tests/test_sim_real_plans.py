@@ -21,6 +21,7 @@ BASE = replace(
     prompt=(8, 64), output=(8, 40), long_output=(24, 64), short_output=(4, 12), user=(8, 20), system_prompt=24,
     turns=2, closed_requests=12, closed_num_pages=24, swap_space_pages=64,
 )  # fmt: skip
+SHARED = {"closed_num_pages": 16}  # conversations share their prefixes: a smaller pool still preempts
 POLICIES: dict[str, tuple[dict, str]] = {  # name -> (ValidationConfig fields, workload family)
     "fcfs": ({}, "tight_pool"),
     "fcfs-swap": ({"preemption_mode": "swap"}, "tight_pool"),
@@ -31,9 +32,9 @@ POLICIES: dict[str, tuple[dict, str]] = {  # name -> (ValidationConfig fields, w
     "priority": ({"scheduler": "priority", "output": (24, 64)}, "priority"),
     "sjf-oracle": ({"scheduler": "sjf", "scheduler_kwargs": (("predictor", "oracle"),)}, "tight_pool"),
     "sjf-bucket-mean": ({"scheduler": "sjf", "scheduler_kwargs": (("predictor", "bucket-mean"),)}, "tight_pool"),
-    "cache-aware+prefix-cache": ({"scheduler": "cache-aware", "allocator": "prefix-cache"}, "multi_turn"),
-    "fcfs+prefix-cache": ({"allocator": "prefix-cache"}, "multi_turn"),
-    "fcfs+prefix-cache-swap": ({"allocator": "prefix-cache", "preemption_mode": "swap"}, "multi_turn"),
+    "cache-aware+prefix-cache": ({"scheduler": "cache-aware", "allocator": "prefix-cache", **SHARED}, "multi_turn"),
+    "fcfs+prefix-cache": ({"allocator": "prefix-cache", **SHARED}, "multi_turn"),
+    "fcfs+prefix-cache-swap": ({"allocator": "prefix-cache", "preemption_mode": "swap", **SHARED}, "multi_turn"),
     "fcfs+free-list-lifo": ({"allocator": "free-list-lifo"}, "tight_pool"),
     "fcfs+buddy": ({"allocator": "buddy"}, "tight_pool"),
     "fcfs+contiguous": ({"allocator": "contiguous", "allocator_kwargs": (("reservation", "pow2"),)}, "tight_pool"),
@@ -88,7 +89,7 @@ def test_a_difference_in_any_one_request_or_step_is_reported(engine_model, laten
     """The comparison can fail: a simulator with a pool of one page more decides otherwise somewhere."""
     from odrive.vsurge.driver import vSurge
 
-    cfg = replace(BASE, allocator="prefix-cache")
+    cfg = replace(BASE, allocator="prefix-cache", **SHARED)
     surge = vSurge.create_odriver(model=engine_model, **cfg.engine_kwargs(cfg.closed_num_pages))
     workload = family_workload(cfg, "multi_turn", cfg.closed_requests, seed=3)
     c = compare_closed(surge, cfg.sim_config(cfg.closed_num_pages + 1), workload, latency_model,

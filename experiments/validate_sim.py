@@ -256,12 +256,7 @@ def _multi_turn(cfg: ValidationConfig, n: int, seed: int) -> Workload:
         system_len=cfg.system_prompt, seed=seed, vocab_size=cfg.vocab_size,
     )  # fmt: skip
     fits = (wl.prompt_lens <= cfg.max_prefill_length) & (wl.prompt_lens + wl.output_lens <= cfg.max_length)
-    keep = np.flatnonzero(fits)[:n]
-    ids = wl.prompt_token_ids
-    return Workload(
-        wl.arrival_times[keep], wl.prompt_lens[keep], wl.output_lens[keep], name=wl.name,
-        prompt_token_ids=None if ids is None else [ids[int(i)] for i in keep],
-    )  # fmt: skip
+    return wl.take(np.flatnonzero(fits)[:n])
 
 
 def _priority(cfg: ValidationConfig, n: int, seed: int) -> Workload:

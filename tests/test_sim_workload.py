@@ -317,3 +317,14 @@ def test_trace_errors_pass_through_parse(tmp_path: Path) -> None:
     path.write_text(HEADER + "0,1,0\n")
     with pytest.raises(TraceFormatError, match=r"t\.csv:2: output length"):
         parse_workload(f"trace:{path}")
+
+
+def test_take_keeps_the_chosen_requests_with_their_prompt_ids() -> None:
+    ids = [np.full(n, i) for i, n in enumerate((3, 4, 5, 6))]
+    wl = Workload(np.array([0.0, 1.0, 2.0, 3.0]), np.array([3, 4, 5, 6]), np.array([1, 2, 3, 4]),
+                  priorities=np.array([0, 1, 0, 1]), name="w", prompt_token_ids=ids)  # fmt: skip
+    part = wl.take([1, 3])
+    assert part.arrival_times.tolist() == [1.0, 3.0] and part.prompt_lens.tolist() == [4, 6]
+    assert part.output_lens.tolist() == [2, 4] and part.priorities.tolist() == [1, 1] and part.name == "w"
+    assert [a.tolist() for a in part.prompt_token_ids] == [[1] * 4, [3] * 6]
+    assert len(wl.take([])) == 0

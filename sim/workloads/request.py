@@ -119,6 +119,20 @@ class Workload:
             self.notes,
         )
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> Workload:
+        """The requests at ``rows`` (increasing indices, so arrivals stay in order; times unchanged)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = self.prompt_token_ids
+        return Workload(
+            self.arrival_times[rows],
+            self.prompt_lens[rows],
+            self.output_lens[rows],
+            None if self.priorities is None else self.priorities[rows],
+            self.name,
+            None if ids is None else [ids[int(i)] for i in rows],
+            self.notes,
+        )
+
     @property
     def duration(self) -> float:
         """Time from the first to the last arrival (0 for fewer than two requests)."""

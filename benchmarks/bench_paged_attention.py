@@ -27,7 +27,7 @@ from kernels.pallas_attention import PALLAS_BACKENDS
 from kernels.softmax import masked_softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from paged_batches import PagedBatch, make_paged_batch  # noqa: E402 - the tests' random paged batches
+from paged_batches import RandomPagedBatch, make_paged_batch  # noqa: E402 - the tests' random paged batches
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def dense_padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_lens: ja
     return out.reshape(batch, q_len, num_q_heads, head_dim)
 
 
-def dense_groups(batch: PagedBatch) -> list[tuple[jax.Array, ...]]:
+def dense_groups(batch: RandomPagedBatch) -> list[tuple[jax.Array, ...]]:
     """Dense inputs: all decode sequences in one padded batch, each prefill chunk on its own.
 
     Caches are contiguous and head-major (``[B, Hkv, L, D]``), the friendliest layout for XLA on CPU.
@@ -97,7 +97,7 @@ def median_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[s
 
 def build(
     rng: np.random.Generator, shape: Shape, prior: list[int], new: list[int], num_tokens: int
-) -> PagedBatch:
+) -> RandomPagedBatch:
     return make_paged_batch(
         rng,
         prior_lens=prior,
@@ -113,7 +113,7 @@ def build(
     )
 
 
-def scenarios(rng: np.random.Generator, quick: bool) -> dict[str, tuple[Shape, PagedBatch]]:
+def scenarios(rng: np.random.Generator, quick: bool) -> dict[str, tuple[Shape, RandomPagedBatch]]:
     """A pure decode batch, and a mixed batch: a chunk after cached context, a fresh prompt, decodes."""
     shape = Shape(max_model_len=1024) if quick else Shape()
     num_decodes, lo, hi = (8, 64, 512) if quick else (32, 256, 1536)

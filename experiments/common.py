@@ -268,13 +268,14 @@ def table_experiment(
 def experiment_main(
     prog: str, build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], Any]
 ) -> Callable[[list[str] | None], int]:
-    """The ``main(argv) -> int`` every experiment script ends with: parse, ``run``, exit 0; user errors and failed
-    runs become one line on stderr and their status (``odrive.cli_errors.cli_main``)."""
+    """The ``main(argv) -> int`` every experiment script ends with: parse, ``run``, exit with the status ``run``
+    returns when it is an int (else 0); user errors and failed runs become one line on stderr and their status
+    (``odrive.cli_errors.cli_main``)."""
 
     @cli_main(prog)
     def main(argv: list[str] | None = None) -> int:
-        run(build_parser().parse_args(argv))
-        return 0
+        status = run(build_parser().parse_args(argv))
+        return int(status) if isinstance(status, int) else 0
 
     return main
 

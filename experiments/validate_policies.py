@@ -35,9 +35,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.common import experiment_main  # noqa: E402
 from experiments.validate_sim import Validation, ValidationConfig, defaults, run_validation  # noqa: E402
 from odrive.calibration.profile import Profile  # noqa: E402
-from odrive.cli_errors import CLIParser, cli_main  # noqa: E402
+from odrive.cli_errors import CLIParser  # noqa: E402
 from odrive.profiling.pinning import PIN_MODES, pin_as_profiled  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,8 +202,7 @@ def _names(text: str) -> list[str]:
     return names
 
 
-@cli_main("python -m experiments.validate_policies")
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = CLIParser(prog="python -m experiments.validate_policies", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--model", default="smollm2-135m-instruct", help="a packaged model, a checkpoint, or tiny-bench")
@@ -215,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", type=Path, default=TABLE, help="where the tidy table goes")
     p.add_argument("--replot", action="store_true", help="figure and README table from --table; run nothing")
     p.add_argument("--pin", choices=PIN_MODES, default="profile")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run the matrix (or ``--replot``); the exit status is 1 when a closed workload's plans differ."""
     if args.replot:
         table = pd.read_csv(args.table)
         print(markdown(table))
@@ -239,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         table.to_csv(args.table, index=False)
         print(f"wrote {args.table}, {plot(table, FIGURE)}")
     return 0 if table["plans_identical"].all() else 1
+
+
+main = experiment_main("python -m experiments.validate_policies", build_parser, run_cli)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from experiments.common import experiment_main  # noqa: E402
 from odrive.calibration.features import EngineGeometry  # noqa: E402
 from odrive.calibration.profile import PROFILE_DIR, Profile, find_profile  # noqa: E402
-from odrive.cli_errors import CLIParser, cli_main  # noqa: E402
+from odrive.cli_errors import CLIParser  # noqa: E402
 from odrive.profiling.closed import ClosedComparison, closed, compare_closed  # noqa: E402
 from odrive.profiling.compare import error_rows, median_run, per_request  # noqa: E402
 from odrive.profiling.pinning import PIN_MODES, current_pinning, pin_as_profiled  # noqa: E402
@@ -800,8 +801,7 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
-@cli_main("python -m experiments.validate_sim")
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = CLIParser(
         prog="python -m experiments.validate_sim",
         description=__doc__,
@@ -828,7 +828,11 @@ def main(argv: list[str] | None = None) -> int:
         default="profile",
         help="XLA compute and the engine loop on separate cores (default: as the profile was measured)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate (or ``--replot``); the exit status is 1 when a closed workload's plans differ."""
     if args.replot:
         print(f"wrote {plot(load(args.out), args.out / 'validate_sim.png')}")
         return 0
@@ -844,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value is not None:
             if name in ("num_requests", "num_pages", "repeats") and value < 1:
-                p.error(f"--{name.replace('num_', '').replace('_', '-')} must be >= 1, got {value}")
+                build_parser().error(f"--{name.replace('num_', '').replace('_', '-')} must be >= 1, got {value}")
             cfg = replace(cfg, **{name: tuple(value) if isinstance(value, list) else value})  # fmt: skip
     pinned = pin_as_profiled(Profile.load(cfg.profile_path).meta, args.pin)
     if pinned:
@@ -854,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v.summary[k] for k in keys}, indent=1, default=float))
     print(f"wrote {args.out}/errors.csv, requests.csv, steps.csv, plans_*.csv, summary.json, validate_sim.png")
     return 0 if v.summary["plans_identical"] else 1
+
+
+main = experiment_main("python -m experiments.validate_sim", build_parser, run)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,13 @@
 KV cache per layer: ``k_pages``/``v_pages`` ``[kv_heads, num_pages, page_size, head_dim]``; page 0 is the
 null page that padding tokens write into and no real token reads.
 
-Attention arguments: ``q`` ``[num_tokens, num_q_heads, head_dim]`` (rows may be padded); ``kv_lens``
-``[max_seqs]`` context length per sequence including this step's tokens; ``page_indices``
-``[max_seqs, pages_per_seq]``; ``cu_q_lens`` ``[max_seqs + 1]`` (sequence ``s`` owns rows
-``cu_q_lens[s]:cu_q_lens[s+1]``); ``num_seqs`` scalar (sequences ``>= num_seqs`` are padding).
+Attention arguments: ``q`` ``[num_tokens, num_q_heads, head_dim]`` (rows may be padded), the pages, and a
+``PagedBatch`` (``kv_lens``, ``page_indices``, ``cu_q_lens``, ``num_seqs``: where each sequence's rows and K/V are).
 """
 
 from kernels.blocked import ragged_paged_attention_blocked
 from kernels.dense import dense_causal_attention
+from kernels.paged_batch import PagedBatch
 from kernels.pallas_attention import ragged_paged_attention_pallas
 from kernels.reference import ragged_paged_attention_reference
 from kernels.registry import (
@@ -25,6 +24,7 @@ from kernels.write_kv import write_kv_pages
 __all__ = [
     "ATTENTION_IMPLS",
     "AttentionImpl",
+    "PagedBatch",
     "default_attention_impl_name",
     "dense_causal_attention",
     "get_attention_impl",

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from kernels.paged_batch import PagedBatch
+
 
 class TokenLayout(NamedTuple):
     """Per query row: owning sequence (clipped into range for padding rows) and position (-1 = padding)."""
@@ -22,16 +24,15 @@ def query_lens(cu_q_lens: jax.Array, num_seqs: jax.Array) -> jax.Array:
     return jnp.where(live, cu_q_lens[1:] - cu_q_lens[:-1], 0).astype(jnp.int32)
 
 
-def token_layout(
-    cu_q_lens: jax.Array, kv_lens: jax.Array, num_seqs: jax.Array, num_tokens: int
-) -> TokenLayout:
-    """Map each of ``num_tokens`` query rows to its sequence and causal position.
+def token_layout(batch: PagedBatch, num_tokens: int) -> TokenLayout:
+    """Map each of ``num_tokens`` query rows of ``batch`` to its sequence and causal position.
 
     Row ``i`` of sequence ``s`` sits at ``kv_lens[s] - q_len_s + i``; rows past ``cu_q_lens[num_seqs]``
     are padding. Entries of ``cu_q_lens`` beyond ``num_seqs`` are ignored.
     """
+    cu_q_lens, kv_lens = batch.cu_q_lens, batch.kv_lens
     max_seqs = kv_lens.shape[0]
-    num_seqs = jnp.minimum(num_seqs, max_seqs)
+    num_seqs = jnp.minimum(batch.num_seqs, max_seqs)
     total = cu_q_lens[num_seqs]
     ends = jnp.where(jnp.arange(max_seqs) < num_seqs, cu_q_lens[1:], total)
     rows = jnp.arange(num_tokens, dtype=jnp.int32)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from kernels.batch_layout import query_lens
 from kernels.mask import first_visible, visible
+from kernels.paged_batch import PagedBatch
 from kernels.softmax import SoftmaxState, absorb_scores, finish_softmax, init_softmax_state, resolve_scale
 
 NEG_INF = -jnp.inf
@@ -32,9 +33,7 @@ def _cdiv(a: jax.Array, b: int) -> jax.Array:
     return (a + b - 1) // b
 
 
-def _gather_block(
-    pages: jax.Array, page_table: jax.Array, block: jax.Array, pages_per_block: int
-) -> jax.Array:
+def _gather_block(pages: jax.Array, page_table: jax.Array, block: jax.Array, pages_per_block: int) -> jax.Array:
     """Pages ``[block * ppb, (block + 1) * ppb)`` of every row of ``page_table`` as float32 tokens.
 
     ``page_table``: ``[..., padded_pages]`` -> ``[kv_heads, ..., ppb * page_size, head_dim]``.
@@ -42,25 +41,17 @@ def _gather_block(
     ids = jax.lax.dynamic_slice_in_dim(page_table, block * pages_per_block, pages_per_block, axis=-1)
     kv_heads, _, page_size, head_dim = pages.shape
     gathered = pages[:, ids]  # [kv_heads, ..., ppb, page_size, head_dim]
-    return gathered.reshape(kv_heads, *ids.shape[:-1], pages_per_block * page_size, head_dim).astype(
-        jnp.float32
-    )
+    return gathered.reshape(kv_heads, *ids.shape[:-1], pages_per_block * page_size, head_dim).astype(jnp.float32)
 
 
 def _decode_pass(
-    out: jax.Array,
-    q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
-    kv_lens: jax.Array,
-    page_table: jax.Array,
-    cu_q_lens: jax.Array,
-    q_lens: jax.Array,
-    scale: float,
-    pages_per_block: int,
-    sliding_window: int | None,
-) -> jax.Array:
-    """Attention for all single-token sequences at once, written into their rows of ``out``."""
+    out: jax.Array, q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, q_lens: jax.Array,
+    scale: float, pages_per_block: int, sliding_window: int | None,
+) -> jax.Array:  # fmt: skip
+    """Attention for all single-token sequences at once, written into their rows of ``out``.
+
+    ``batch.page_indices`` is padded to a whole number of blocks."""
+    kv_lens, page_table, cu_q_lens = batch.kv_lens, batch.page_indices, batch.cu_q_lens
     max_seqs = kv_lens.shape[0]
     num_q_heads, head_dim = q.shape[1:]
     kv_heads, _, page_size, _ = k_pages.shape
@@ -92,21 +83,11 @@ def _decode_pass(
 
 
 def _prefill_pass(
-    out: jax.Array,
-    q_padded: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
-    kv_lens: jax.Array,
-    page_table: jax.Array,
-    cu_q_lens: jax.Array,
-    q_lens: jax.Array,
-    num_seqs: jax.Array,
-    scale: float,
-    pages_per_block: int,
-    q_block: int,
-    sliding_window: int | None,
-) -> jax.Array:
+    out: jax.Array, q_padded: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch,
+    q_lens: jax.Array, scale: float, pages_per_block: int, q_block: int, sliding_window: int | None,
+) -> jax.Array:  # fmt: skip
     """Attention for every multi-token sequence, tile by tile, merged into its rows of ``out``."""
+    kv_lens, page_table, cu_q_lens = batch.kv_lens, batch.page_indices, batch.cu_q_lens
     num_q_heads, head_dim = q_padded.shape[1:]
     kv_heads, _, page_size, _ = k_pages.shape
     group = num_q_heads // kv_heads
@@ -143,61 +124,38 @@ def _prefill_pass(
         num_tiles = jnp.where(q_len > 1, _cdiv(q_len, q_block), 0)
         return jax.lax.fori_loop(0, num_tiles, functools.partial(q_tile, seq), out)
 
-    return jax.lax.fori_loop(0, num_seqs, one_sequence, out)
+    return jax.lax.fori_loop(0, batch.num_seqs, one_sequence, out)
 
 
 @functools.partial(
     jax.jit, static_argnames=("sm_scale", "sliding_window", "kv_block_tokens", "decode_kv_block_tokens", "q_block")
 )
 def ragged_paged_attention_blocked(
-    q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
-    kv_lens: jax.Array,
-    page_indices: jax.Array,
-    cu_q_lens: jax.Array,
-    num_seqs: jax.Array,
-    *,
-    sm_scale: float | None = None,
-    sliding_window: int | None = None,
-    kv_block_tokens: int = 256,
-    decode_kv_block_tokens: int = 64,
-    q_block: int = 128,
-) -> jax.Array:
+    q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, *,
+    sm_scale: float | None = None, sliding_window: int | None = None,
+    kv_block_tokens: int = 256, decode_kv_block_tokens: int = 64, q_block: int = 128,
+) -> jax.Array:  # fmt: skip
     """Same contract as ``ragged_paged_attention_reference``; prefill tiles read KV ``kv_block_tokens`` at a time,
     the decode pass ``decode_kv_block_tokens`` at a time."""
     num_tokens, _, head_dim = q.shape
     page_size = k_pages.shape[2]
-    max_seqs, pages_per_seq = page_indices.shape
+    max_seqs, pages_per_seq = batch.page_indices.shape
     pages_per_block = max(1, min(pages_per_seq, kv_block_tokens // page_size))
     decode_pages_per_block = max(1, min(pages_per_seq, decode_kv_block_tokens // page_size))
     q_block = max(1, min(q_block, num_tokens))
     scale = resolve_scale(sm_scale, head_dim)
 
-    num_seqs = jnp.minimum(jnp.asarray(num_seqs, jnp.int32), max_seqs)
-    q_lens = query_lens(cu_q_lens, num_seqs)
+    num_seqs = jnp.minimum(jnp.asarray(batch.num_seqs, jnp.int32), max_seqs)
+    q_lens = query_lens(batch.cu_q_lens, num_seqs)
     table_pad = -pages_per_seq % math.lcm(pages_per_block, decode_pages_per_block)
-    page_table = jnp.pad(page_indices.astype(jnp.int32), ((0, 0), (0, table_pad)))
+    page_table = jnp.pad(batch.page_indices.astype(jnp.int32), ((0, 0), (0, table_pad)))
+    padded = batch._replace(page_indices=page_table, num_seqs=num_seqs)
     tail = jnp.zeros((q_block, *q.shape[1:]), q.dtype)  # tiles may run past the last row
     q_padded = jnp.concatenate([q, tail])
 
     out = jnp.zeros_like(q_padded)
     out = _prefill_pass(
-        out,
-        q_padded,
-        k_pages,
-        v_pages,
-        kv_lens,
-        page_table,
-        cu_q_lens,
-        q_lens,
-        num_seqs,
-        scale,
-        pages_per_block,
-        q_block,
-        sliding_window,
+        out, q_padded, k_pages, v_pages, padded, q_lens, scale, pages_per_block, q_block, sliding_window
     )
-    out = _decode_pass(
-        out, q, k_pages, v_pages, kv_lens, page_table, cu_q_lens, q_lens, scale, decode_pages_per_block, sliding_window
-    )
+    out = _decode_pass(out, q, k_pages, v_pages, padded, q_lens, scale, decode_pages_per_block, sliding_window)
     return out[:num_tokens]

@@ -17,6 +17,7 @@ from jax.experimental.pallas import triton as pl_triton
 
 from kernels.batch_layout import token_layout
 from kernels.mask import first_visible, visible
+from kernels.paged_batch import PagedBatch
 from kernels.softmax import SoftmaxState, absorb_scores, finish_softmax, init_softmax_state, resolve_scale
 
 PALLAS_BACKENDS = ("gpu",)
@@ -67,23 +68,15 @@ def _kernel(
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "sliding_window", "interpret"))
 def ragged_paged_attention_pallas(
-    q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
-    kv_lens: jax.Array,
-    page_indices: jax.Array,
-    cu_q_lens: jax.Array,
-    num_seqs: jax.Array,
-    *,
-    sm_scale: float | None = None,
-    sliding_window: int | None = None,
+    q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, *,
+    sm_scale: float | None = None, sliding_window: int | None = None,
     interpret: bool = False,
-) -> jax.Array:
+) -> jax.Array:  # fmt: skip
     """Same contract as ``ragged_paged_attention_reference``; ``interpret=True`` for CPU testing."""
     num_tokens, num_q_heads, head_dim = q.shape
     kv_heads = k_pages.shape[0]
     group = num_q_heads // kv_heads
-    layout = token_layout(cu_q_lens, kv_lens, num_seqs, num_tokens)
+    layout = token_layout(batch, num_tokens)
     kernel = functools.partial(_kernel, scale=resolve_scale(sm_scale, head_dim), sliding_window=sliding_window)
     out = pl.pallas_call(
         kernel,
@@ -95,7 +88,7 @@ def ragged_paged_attention_pallas(
     )(
         layout.seq_ids,
         layout.positions,
-        page_indices.astype(jnp.int32),
+        batch.page_indices.astype(jnp.int32),
         q.reshape(num_tokens, kv_heads, group, head_dim),
         k_pages,
         v_pages,

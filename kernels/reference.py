@@ -13,22 +13,15 @@ import jax.numpy as jnp
 
 from kernels.batch_layout import token_layout
 from kernels.mask import visible
+from kernels.paged_batch import PagedBatch
 from kernels.softmax import masked_softmax, resolve_scale
 
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "sliding_window"))
 def ragged_paged_attention_reference(
-    q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
-    kv_lens: jax.Array,
-    page_indices: jax.Array,
-    cu_q_lens: jax.Array,
-    num_seqs: jax.Array,
-    *,
-    sm_scale: float | None = None,
-    sliding_window: int | None = None,
-) -> jax.Array:
+    q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, *,
+    sm_scale: float | None = None, sliding_window: int | None = None,
+) -> jax.Array:  # fmt: skip
     """Causal attention of ragged query rows ``[T, Hq, D]`` over a paged KV cache -> ``[T, Hq, D]``.
 
     See ``kernels`` package docs for the argument layout. Padding rows come out as zeros. With
@@ -36,13 +29,13 @@ def ragged_paged_attention_reference(
     """
     num_tokens, num_q_heads, head_dim = q.shape
     kv_heads, _, page_size, _ = k_pages.shape
-    pages_per_seq = page_indices.shape[1]
+    pages_per_seq = batch.page_indices.shape[1]
     context = pages_per_seq * page_size
     group = num_q_heads // kv_heads
     scale = resolve_scale(sm_scale, head_dim)
 
-    layout = token_layout(cu_q_lens, kv_lens, num_seqs, num_tokens)
-    pages = page_indices[layout.seq_ids]  # [T, pages_per_seq]
+    layout = token_layout(batch, num_tokens)
+    pages = batch.page_indices[layout.seq_ids]  # [T, pages_per_seq]
     keys = k_pages[:, pages].reshape(kv_heads, num_tokens, context, head_dim).astype(jnp.float32)
     values = v_pages[:, pages].reshape(kv_heads, num_tokens, context, head_dim).astype(jnp.float32)
 

@@ -7,6 +7,7 @@ from typing import Protocol
 import jax
 
 from kernels.blocked import ragged_paged_attention_blocked
+from kernels.paged_batch import PagedBatch
 from kernels.pallas_attention import PALLAS_BACKENDS, pallas_supports, ragged_paged_attention_pallas
 from kernels.reference import ragged_paged_attention_reference
 
@@ -15,18 +16,9 @@ class AttentionImpl(Protocol):
     """The ragged paged attention signature every implementation shares."""
 
     def __call__(
-        self,
-        q: jax.Array,
-        k_pages: jax.Array,
-        v_pages: jax.Array,
-        kv_lens: jax.Array,
-        page_indices: jax.Array,
-        cu_q_lens: jax.Array,
-        num_seqs: jax.Array,
-        *,
-        sm_scale: float | None = None,
-        sliding_window: int | None = None,
-    ) -> jax.Array: ...
+        self, q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, *,
+        sm_scale: float | None = None, sliding_window: int | None = None,
+    ) -> jax.Array: ...  # fmt: skip
 
 
 ATTENTION_IMPLS: tuple[str, ...] = ("reference", "blocked", "pallas")
@@ -64,17 +56,9 @@ def default_attention_impl_name(backend: str | None = None) -> str:
 
 
 def ragged_paged_attention(
-    q: jax.Array,
-    k_pages: jax.Array,
-    v_pages: jax.Array,
-    kv_lens: jax.Array,
-    page_indices: jax.Array,
-    cu_q_lens: jax.Array,
-    num_seqs: jax.Array,
-    *,
-    sm_scale: float | None = None,
-    sliding_window: int | None = None,
-) -> jax.Array:
+    q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, *,
+    sm_scale: float | None = None, sliding_window: int | None = None,
+) -> jax.Array:  # fmt: skip
     """Ragged paged attention with the fastest implementation for the current platform.
 
     Shapes the Pallas kernel cannot tile (non-power-of-two GQA group, page size or head dim) use blocked.
@@ -83,14 +67,4 @@ def ragged_paged_attention(
     if name == "pallas" and not pallas_supports(q, k_pages):
         name = "blocked"
     impl = get_attention_impl(name)
-    return impl(
-        q,
-        k_pages,
-        v_pages,
-        kv_lens,
-        page_indices,
-        cu_q_lens,
-        num_seqs,
-        sm_scale=sm_scale,
-        sliding_window=sliding_window,
-    )
+    return impl(q, k_pages, v_pages, batch, sm_scale=sm_scale, sliding_window=sliding_window)

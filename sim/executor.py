@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -12,8 +11,9 @@ from mypy_extensions import mypyc_attr
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
 from sim.host_swap import HostSwap, modeled_swap_seconds, swap_rates
-from sim.latency.base import LatencyModel
+from sim.latency.base import NO_SETUP, LatencyModel
 from sim.latency.batch_shape import BatchShape
+from sim.latency.executor_setup import ExecutorSetup
 from sim.model_spec import causal_attention_pairs
 
 __all__ = ["HostSwap", "SimExecutor", "executor_for", "swap_rates"]
@@ -114,23 +114,12 @@ class SimExecutor(Executor):
         return self.latency_model.decode_step_times(num_seqs, kv_left[gone] + num_seqs * s)
 
 
-def executor_for(
-    latency_model: LatencyModel,
-    scheduler_config: SchedulerConfig,
-    *,
-    page_size: int | None = None,
-    max_length: int | None = None,
-    clock: Callable[[], float] | None = None,
-    kv_bytes_per_token: float | None = None,
-    host_bandwidth: float | None = None,
-) -> Executor:
+def executor_for(latency_model: LatencyModel, scheduler_config: SchedulerConfig, setup: ExecutorSetup = NO_SETUP
+                 ) -> Executor:  # fmt: skip
     """The executor that times steps with ``latency_model``: its own (:meth:`LatencyModel.make_executor`, e.g. the
     exact ``CalibratedSimExecutor``), else the stock :class:`SimExecutor`."""
-    own = latency_model.make_executor(
-        scheduler_config, page_size=page_size, max_length=max_length, clock=clock,
-        kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth,
-    )  # fmt: skip
+    own = latency_model.make_executor(scheduler_config, setup)
     if own is not None:
         return own
-    return SimExecutor(latency_model, scheduler_config, kv_bytes_per_token=kv_bytes_per_token,
-                       host_bandwidth=host_bandwidth)  # fmt: skip
+    return SimExecutor(latency_model, scheduler_config, kv_bytes_per_token=setup.kv_bytes_per_token,
+                       host_bandwidth=setup.host_bandwidth)  # fmt: skip

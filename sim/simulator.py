@@ -24,6 +24,7 @@ from sim.config import SimConfig
 from sim.executor import executor_for
 from sim.hardware import get_accelerator
 from sim.host_swap import swap_rates
+from sim.latency.executor_setup import ExecutorSetup
 from sim.latency.registry import get_latency_model
 from sim.model_spec import get_model_spec, num_kv_pages
 from sim.workloads.request import Workload, checked_prompt_ids
@@ -79,10 +80,8 @@ def default_executor(config: SimConfig, sched_cfg: SchedulerConfig, clock: Calla
         latency_kwargs["tp"] = config.tp
     latency = get_latency_model(config.latency_model, accelerator=accelerator, model=model, **latency_kwargs)
     kv_bytes_per_token, host_bandwidth = swap_rates(model, accelerator, config.tp)
-    return executor_for(
-        latency, sched_cfg, page_size=config.page_size, max_length=sched_cfg.max_model_len, clock=clock,
-        kv_bytes_per_token=kv_bytes_per_token, host_bandwidth=host_bandwidth,
-    )  # fmt: skip
+    setup = ExecutorSetup(config.page_size, sched_cfg.max_model_len, clock, kv_bytes_per_token, host_bandwidth)
+    return executor_for(latency, sched_cfg, setup)
 
 
 def latency_parameters(engine: Engine) -> dict[str, float]:

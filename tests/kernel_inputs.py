@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from paged_batches import PagedBatch, make_paged_batch
+from paged_batches import RandomPagedBatch, make_paged_batch
 
 from kernels.mask import first_visible
 
@@ -27,7 +27,7 @@ def build_batch(
     num_tokens: int,
     max_seqs: int,
     dtype: jnp.dtype = jnp.float32,
-) -> PagedBatch:
+) -> RandomPagedBatch:
     """One sequence per ``(prior, new)`` in ``seqs``; ``head_shape`` is (q heads, kv heads, head dim); page
     tables hold ``max_context`` tokens."""
     num_q_heads, kv_heads, head_dim = head_shape
@@ -48,7 +48,7 @@ def build_batch(
 
 def check_against_dense(
     impl: Callable[..., jax.Array],
-    batch: PagedBatch,
+    batch: RandomPagedBatch,
     *,
     max_context: int,
     atol: float = 2e-5,
@@ -67,7 +67,7 @@ def check_against_dense(
     )
 
 
-def release_pages_outside_window(batch: PagedBatch, sliding_window: int, page_size: int) -> PagedBatch:
+def release_pages_outside_window(batch: RandomPagedBatch, sliding_window: int, page_size: int) -> RandomPagedBatch:
     """``batch`` with every page table entry no query row of its sequence can see (wholly before the first visible
     position of the sequence's earliest query row) pointed at page 0, which holds garbage: what an allocator that
     frees pages left behind by a sliding window leaves in the table."""

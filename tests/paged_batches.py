@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import PagedBatch
 from kernels.dense import dense_causal_attention
 
 GARBAGE = 1e3
 
 
 @dataclass(frozen=True)
-class PagedBatch:
+class RandomPagedBatch:
     """Arguments for a ragged paged attention call, plus the contiguous per-sequence contexts."""
 
     q: jax.Array
@@ -32,17 +33,14 @@ class PagedBatch:
     num_seqs: jax.Array
     contexts: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # per sequence: q, k, v [L, H, D]
 
-    def args(self) -> tuple[jax.Array, ...]:
+    @property
+    def batch(self) -> RandomPagedBatch:
+        """The kernels' per-sequence metadata."""
+        return PagedBatch(self.kv_lens, self.page_indices, self.cu_q_lens, self.num_seqs)
+
+    def args(self) -> tuple[jax.Array, jax.Array, jax.Array, PagedBatch]:
         """Positional arguments of ``ragged_paged_attention``."""
-        return (
-            self.q,
-            self.k_pages,
-            self.v_pages,
-            self.kv_lens,
-            self.page_indices,
-            self.cu_q_lens,
-            self.num_seqs,
-        )
+        return (self.q, self.k_pages, self.v_pages, self.batch)
 
     def expected(
         self, *, sm_scale: float | None = None, pad_to: int | None = None, sliding_window: int | None = None
@@ -118,7 +116,7 @@ def make_paged_batch(
 
     padded_kv_lens = rng.integers(0, pages_per_seq * page_size + 1, max_seqs).astype(np.int32)
     padded_kv_lens[:num_seqs] = kv_lens
-    return PagedBatch(
+    return RandomPagedBatch(
         q=jnp.asarray(q_rows),
         k_pages=jnp.asarray(k_pages),
         v_pages=jnp.asarray(v_pages),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import export
 from kernel_inputs import build_batch, check_against_dense, release_pages_outside_window
-from paged_batches import PagedBatch
+from paged_batches import RandomPagedBatch
 
 from kernels import ragged_paged_attention_pallas
 from kernels.pallas_attention import pallas_supports
@@ -31,7 +31,7 @@ sequences = st.tuples(st.integers(0, 12), st.one_of(st.just(1), st.integers(2, 8
 build = functools.partial(build_batch, max_context=MAX_CONTEXT, num_tokens=NUM_TOKENS, max_seqs=MAX_SEQS)
 
 
-def check(batch: PagedBatch, atol: float = 2e-5, sliding_window: int | None = None) -> None:
+def check(batch: RandomPagedBatch, atol: float = 2e-5, sliding_window: int | None = None) -> None:
     check_against_dense(pallas_interpret, batch, max_context=MAX_CONTEXT, atol=atol, sliding_window=sliding_window)
 
 
@@ -73,7 +73,8 @@ def test_bfloat16() -> None:
 
 def test_all_padding_gives_zeros() -> None:
     batch = build([(6, 1)], 4, GQA)
-    out = pallas_interpret(*batch.args()[:-1], jnp.asarray(0, jnp.int32))
+    empty = batch.batch._replace(num_seqs=jnp.asarray(0, jnp.int32))
+    out = pallas_interpret(batch.q, batch.k_pages, batch.v_pages, empty)
     np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 

@@ -94,7 +94,7 @@ def test_no_padding_at_all(name: str) -> None:
 @pytest.mark.parametrize("name", list(IMPLS))
 def test_all_padding_gives_zeros(name: str) -> None:
     batch = build([(6, 1)], 4, GQA)
-    args = (*batch.args()[:-1], jnp.asarray(0, jnp.int32))
+    args = (batch.q, batch.k_pages, batch.v_pages, batch.batch._replace(num_seqs=jnp.asarray(0, jnp.int32)))
     np.testing.assert_array_equal(np.asarray(IMPLS[name](*args)), 0.0)
 
 
@@ -136,7 +136,7 @@ def test_platform_default_matches_dense() -> None:
 
 
 def test_dense_oracle_is_causal_under_padding() -> None:
-    """``PagedBatch.expected`` pads contexts; causality must make that padding invisible."""
+    """``RandomPagedBatch.expected`` pads contexts; causality must make that padding invisible."""
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.standard_normal((9, 2, 8)), jnp.float32) for _ in range(3))
     padded = [jnp.pad(x, ((0, 5), (0, 0), (0, 0))) for x in (q, k, v)]

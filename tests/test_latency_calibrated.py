@@ -28,6 +28,7 @@ from odrive.core.sampling_params import SamplingParams
 from odrive.schedulers.config import SchedulerConfig
 from sim.config import SimConfig
 from sim.latency import BatchShape, CalibratedLatencyModel, get_latency_model
+from sim.latency.executor_setup import ExecutorSetup
 from sim.simulator import simulate
 from sim.workloads import Uniform, poisson_workload
 
@@ -240,7 +241,7 @@ def test_a_step_after_idleness_also_pays_the_wake_up_cost() -> None:
     assert wake > 0
     now = [0.0]
     sched = SchedulerConfig(max_prefill_length=256, max_concurrent_decodes=16)
-    ex = _MODEL.make_executor(sched, clock=lambda: now[0], kv_bytes_per_token=4096.0, host_bandwidth=1e9)
+    ex = _MODEL.make_executor(sched, ExecutorSetup(clock=lambda: now[0], kv_bytes_per_token=4096.0, host_bandwidth=1e9))
     decode, prefill = [_chunk("a", 1, 100, 16)], [_chunk("b", 64, 64, 16)]
     after_idle = ex.execute(decode).duration  # nothing ran before: idle
     now[0] += after_idle
@@ -378,7 +379,7 @@ def test_swap_copies_keep_the_calibrated_executor_busy() -> None:
 
     now = [0.0]
     sched = SchedulerConfig(max_prefill_length=256, max_concurrent_decodes=16)
-    ex = _MODEL.make_executor(sched, clock=lambda: now[0], kv_bytes_per_token=4096.0, host_bandwidth=1e9)
+    ex = _MODEL.make_executor(sched, ExecutorSetup(clock=lambda: now[0], kv_bytes_per_token=4096.0, host_bandwidth=1e9))
     assert isinstance(ex, CalibratedSimExecutor)
     decode = [_chunk("a", 1, 100, 16)]
     first = ex.execute(decode).duration

@@ -262,7 +262,7 @@ def test_sharded_paged_generation_matches_one_device_and_dense(jax_mods, params,
 @child_only
 def test_sharded_forward_communicates_only_two_all_reduces_per_layer(jax_mods, params):
     jax, jnp = jax_mods
-    from odrive.models import PagedBatch
+    from odrive.models import StepBatch
     from odrive.parallel import allocate_sharded_kv_caches, make_sharded_paged_forward, shard_params
 
     mesh = _mesh("tp4")
@@ -271,7 +271,7 @@ def test_sharded_forward_communicates_only_two_all_reduces_per_layer(jax_mods, p
     kv = allocate_sharded_kv_caches(CONFIG, NUM_PAGES, PAGE_SIZE, mesh)
     sharded = shard_params(params[CONFIG], CONFIG, mesh)
     x = jnp.zeros((inputs["token_ids"].shape[0], CONFIG.hidden_size), jnp.float32)
-    batch = PagedBatch(*(inputs[name] for name in PagedBatch._fields))
+    batch = StepBatch(*(inputs[name] for name in StepBatch._fields))
     hlo = forward.layer_step.lower(sharded["layers"][0], x, kv, jnp.int32(0), batch).compile().as_text()
     ops = {op: len(re.findall(rf"\b{op}(?:-start)?\(", hlo)) for op in ("all-reduce", "all-gather", "all-to-all")}
     assert ops == {"all-reduce": 2, "all-gather": 0, "all-to-all": 0}  # wo and w_down, in every layer step

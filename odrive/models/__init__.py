@@ -13,7 +13,7 @@ from odrive.models.llama import (
     param_shapes,
     stack_layers,
 )
-from odrive.models.paged_forward import PagedBatch, PagedForward, make_paged_forward, paged_layer
+from odrive.models.paged_forward import PagedForward, StepBatch, make_paged_forward, paged_layer
 
 __all__ = [
     "CheckpointError",
@@ -33,7 +33,7 @@ __all__ = [
     "make_dense_forward",
     "make_paged_forward",
     "paged_layer",
-    "PagedBatch",
+    "StepBatch",
     "PagedForward",
     "pages_per_layer",
     "param_shapes",

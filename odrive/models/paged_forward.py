@@ -19,18 +19,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels import ragged_paged_attention, write_kv_pages
+from kernels import PagedBatch, ragged_paged_attention, write_kv_pages
 from odrive.models.config import LlamaConfig
 from odrive.models.kv_cache import KVCaches
 from odrive.models.llama import Params, attention_output_and_mlp, final_logits, project_qkv, softmax_scale
 
 
-class PagedBatch(NamedTuple):
-    """One step's ragged batch as every layer reads it (layouts of ``kernels.ragged_paged_attention``).
+class StepBatch(NamedTuple):
+    """One step's ragged batch as every layer reads it: where its tokens write K/V, and the attention metadata.
 
-    ``positions``/``slot_mapping`` ``[num_tokens]`` (padding rows write into null page 0); ``kv_lens``
-    ``[max_seqs]``; ``page_indices`` ``[max_seqs, pages_per_seq]`` (per-layer page ids); ``cu_q_lens``
-    ``[max_seqs + 1]``; ``num_seqs`` scalar.
+    ``positions``/``slot_mapping`` ``[num_tokens]`` (padding rows write into null page 0); the rest as in
+    ``kernels.PagedBatch``, with per-layer page ids.
     """
 
     positions: jax.Array
@@ -40,6 +39,10 @@ class PagedBatch(NamedTuple):
     cu_q_lens: jax.Array
     num_seqs: jax.Array
 
+    def attention(self, page_offset: jax.Array | int = 0) -> PagedBatch:
+        """What the attention kernel reads, page ids shifted by ``page_offset`` (a layer's range of the pool)."""
+        return PagedBatch(self.kv_lens, self.page_indices, self.cu_q_lens, self.num_seqs).offset_pages(page_offset)
+
 
 def paged_layer(
     lp: Params,
@@ -47,7 +50,7 @@ def paged_layer(
     x: jax.Array,
     kv_caches: KVCaches,
     layer: jax.Array,
-    batch: PagedBatch,
+    batch: StepBatch,
     tp_axis: str | None = None,
 ) -> tuple[jax.Array, KVCaches]:
     """Decoder layer ``layer`` on hidden states ``x [num_tokens, H]``: write this step's K/V into the layer's pages,
@@ -59,13 +62,13 @@ def paged_layer(
         k_pool, v_pool, k.astype(k_pool.dtype), v.astype(v_pool.dtype), batch.slot_mapping + layer * n_pages * page_size
     )
     attn = ragged_paged_attention(
-        q, k_pool, v_pool, batch.kv_lens, batch.page_indices + layer * n_pages, batch.cu_q_lens, batch.num_seqs,
-        sm_scale=softmax_scale(config), sliding_window=config.sliding_window,
+        q, k_pool, v_pool, batch.attention(layer * n_pages), sm_scale=softmax_scale(config),
+        sliding_window=config.sliding_window,
     )  # fmt: skip
     return attention_output_and_mlp(lp, x, attn, config, tp_axis), (k_pool, v_pool)
 
 
-LayerStep = Callable[[Params, jax.Array, KVCaches, jax.Array, PagedBatch], tuple[jax.Array, KVCaches]]
+LayerStep = Callable[[Params, jax.Array, KVCaches, jax.Array, StepBatch], tuple[jax.Array, KVCaches]]
 
 
 class PagedForward:
@@ -87,7 +90,7 @@ class PagedForward:
         )
         self._layer_ids: list[jax.Array] | None = None
 
-    def hidden(self, params: Params, token_ids: jax.Array, kv_caches: KVCaches, batch: PagedBatch
+    def hidden(self, params: Params, token_ids: jax.Array, kv_caches: KVCaches, batch: StepBatch
                ) -> tuple[jax.Array, KVCaches]:  # fmt: skip
         """The last layer's hidden states ``[num_tokens, H]`` and the updated caches."""
         if self._layer_ids is None:  # device scalars made once: a step passes them without a host transfer
@@ -102,7 +105,7 @@ class PagedForward:
         slot_mapping: jax.Array, kv_lens: jax.Array, page_indices: jax.Array, cu_q_lens: jax.Array,
         num_seqs: jax.Array, logits_indices: jax.Array,
     ) -> tuple[jax.Array, KVCaches]:  # fmt: skip
-        batch = PagedBatch(positions, slot_mapping, kv_lens, page_indices, cu_q_lens, num_seqs)
+        batch = StepBatch(positions, slot_mapping, kv_lens, page_indices, cu_q_lens, num_seqs)
         x, kv_caches = self.hidden(params, token_ids, kv_caches, batch)
         return self.logits(params, x, logits_indices), kv_caches
 
@@ -111,7 +114,7 @@ class PagedForward:
         return _head(_head_params(params), x, logits_indices, config=self.config)
 
 
-def _layer_step(lp: Params, x: jax.Array, kv_caches: KVCaches, layer: jax.Array, batch: PagedBatch, *,
+def _layer_step(lp: Params, x: jax.Array, kv_caches: KVCaches, layer: jax.Array, batch: StepBatch, *,
                 config: LlamaConfig) -> tuple[jax.Array, KVCaches]:  # fmt: skip
     return paged_layer(lp, config, x, kv_caches, layer, batch)
 

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from odrive.models.config import LlamaConfig
 from odrive.models.kv_cache import KVCaches
 from odrive.models.llama import Params
-from odrive.models.paged_forward import PagedBatch, PagedForward, paged_layer
+from odrive.models.paged_forward import PagedForward, StepBatch, paged_layer
 from odrive.parallel.mesh import TP_AXIS, tp_size
 from odrive.parallel.specs import kv_cache_spec, layer_param_specs, local_config
 
@@ -30,7 +30,7 @@ def make_sharded_paged_forward(
     local = local_config(config, tp)
     kv = kv_cache_spec(axis)
 
-    def shard_layer(lp: Params, x: jax.Array, kv_caches: KVCaches, layer: jax.Array, batch: PagedBatch
+    def shard_layer(lp: Params, x: jax.Array, kv_caches: KVCaches, layer: jax.Array, batch: StepBatch
                     ) -> tuple[jax.Array, KVCaches]:  # fmt: skip
         return paged_layer(lp, local, x, kv_caches, layer, batch, tp_axis=axis)
 
@@ -38,7 +38,7 @@ def make_sharded_paged_forward(
     sharded = jax.shard_map(
         shard_layer,
         mesh=mesh,
-        in_specs=(layer_param_specs(config, axis), rep, (kv, kv), rep, PagedBatch(*(rep,) * len(PagedBatch._fields))),
+        in_specs=(layer_param_specs(config, axis), rep, (kv, kv), rep, StepBatch(*(rep,) * len(StepBatch._fields))),
         out_specs=(rep, (kv, kv)),
         # The attention kernels' while_loop carries start replicated and become per-device, which the
         # varying-manual-axes type check rejects; the layout above is checked by tests instead.

@@ -18,6 +18,7 @@ from sim.config import SimConfig
 from sim.executor import SimExecutor, swap_rates
 from sim.hardware import get_accelerator
 from sim.latency.calibrated import CalibratedLatencyModel
+from sim.latency.executor_setup import ExecutorSetup
 from sim.model_spec import get_model_spec
 from sim.simulator import SimResult, Simulator
 from sim.workloads.request import Workload
@@ -52,13 +53,12 @@ def simulate_calibrated(
     engine's granularity), e.g. to compare plans step by step.
     """
     kv_bytes, bandwidth = swap_rates(get_model_spec(config.model), get_accelerator(config.accelerator), config.tp)
-    rates = {"kv_bytes_per_token": kv_bytes, "host_bandwidth": bandwidth}
 
     def executor(sched_cfg: SchedulerConfig, clock: Callable[[], float] | None) -> Executor:
         if exact:
-            return model.make_executor(sched_cfg, page_size=config.page_size, max_length=max_length, clock=clock,
-                                       **rates)  # fmt: skip
-        return SimExecutor(model, sched_cfg, **rates)
+            setup = ExecutorSetup(config.page_size, max_length, clock, kv_bytes, bandwidth)
+            return model.make_executor(sched_cfg, setup)
+        return SimExecutor(model, sched_cfg, kv_bytes_per_token=kv_bytes, host_bandwidth=bandwidth)
 
     sim = Simulator(config, workload, executor=executor, fast_forward=fast_forward)
     engine = sim.engine

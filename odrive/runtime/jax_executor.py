@@ -13,7 +13,7 @@ from odrive.core.batch_builder import BatchBuilder
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
-from odrive.models.paged_forward import PagedBatch, make_paged_forward
+from odrive.models.paged_forward import StepBatch, make_paged_forward
 from odrive.runtime.kv_swap import HostKVStore
 from odrive.runtime.sampler import make_greedy_head, make_sampling_head, stream_seed
 
@@ -65,7 +65,7 @@ class JaxExecutor(Executor):
             (x.token_ids, x.logits_indices, x.positions, x.slot_mapping, x.kv_lens, x.page_indices, x.cu_q_lens,
              x.num_seqs)
         )  # fmt: skip
-        hidden, self.kv_caches = self._forward.hidden(self.model.params, token_ids, self.kv_caches, PagedBatch(*arrays))
+        hidden, self.kv_caches = self._forward.hidden(self.model.params, token_ids, self.kv_caches, StepBatch(*arrays))
         sampled: dict[str, int] = {}
         if not x.sample_rows:  # a chunk that samples nothing: still wait, so its time is charged to this step
             hidden.block_until_ready()

@@ -10,10 +10,14 @@ import numpy as np
 from mypy_extensions import mypyc_attr
 
 from sim.latency.batch_shape import BatchShape
+from sim.latency.executor_setup import ExecutorSetup
 
 if TYPE_CHECKING:
     from odrive.core.executor import Executor
     from odrive.schedulers.config import SchedulerConfig
+
+
+NO_SETUP = ExecutorSetup()
 
 
 def check_decode_run(num_seqs: int, kv_tokens_read: int, num_steps: int) -> None:
@@ -82,25 +86,9 @@ class LatencyModel(ABC):
             self.decode_run_times(int(num_seqs[a]), int(kv[a]), int(b - a)) for a, b in zip(starts, stops, strict=True)
         ])  # fmt: skip
 
-    def make_executor(
-        self,
-        scheduler_config: SchedulerConfig,
-        *,
-        page_size: int | None = None,
-        max_length: int | None = None,
-        clock: Callable[[], float] | None = None,
-        kv_bytes_per_token: float | None = None,
-        host_bandwidth: float | None = None,
-    ) -> Executor | None:
+    def make_executor(self, scheduler_config: SchedulerConfig, setup: ExecutorSetup = NO_SETUP) -> Executor | None:
         """This model's own executor, or None for the stock ``SimExecutor`` (``sim.executor.executor_for`` asks
-        the model, as ``sim.simulator.build_engine`` does).
-
-        ``page_size``/``max_length``: the engine's page size and longest sequence (prompt + output; ``None``:
-        ``scheduler_config.max_model_len``, else ``2 × max_prefill_length`` as ``vSurge.create_odriver``), for
-        models that reproduce the real engine's compiled shapes. ``clock``: the simulator's current time, for
-        models that depend on idleness. ``kv_bytes_per_token``/``host_bandwidth``: the swap-preemption rates
-        (per device). Default: None, the stock ``SimExecutor``, which only hands the model a ``BatchShape`` of
-        sums and ignores ``page_size``, ``max_length`` and ``clock``.
-        """
-        del scheduler_config, page_size, max_length, clock, kv_bytes_per_token, host_bandwidth
+        the model, as ``sim.simulator.build_engine`` does). Default: None, the stock ``SimExecutor``, which only
+        hands the model a ``BatchShape`` of sums and ignores ``setup``'s page size, max length and clock."""
+        del scheduler_config, setup
         return None

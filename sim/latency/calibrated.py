@@ -47,8 +47,9 @@ from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
 from sim.hardware import Accelerator
 from sim.host_swap import HostSwap
-from sim.latency.base import LatencyModel, check_decode_run
+from sim.latency.base import NO_SETUP, LatencyModel, check_decode_run
 from sim.latency.batch_shape import BatchShape
+from sim.latency.executor_setup import ExecutorSetup
 from sim.latency.registry import register_latency_model
 from sim.model_spec import ModelSpec
 
@@ -193,22 +194,14 @@ class CalibratedLatencyModel(LatencyModel):
         rows[:, col("kv_tokens")] = total
         return self.time_of_rows(rows)
 
-    def make_executor(
-        self,
-        scheduler_config: SchedulerConfig,
-        *,
-        page_size: int | None = None,
-        max_length: int | None = None,
-        clock: Callable[[], float] | None = None,
-        kv_bytes_per_token: float | None = None,
-        host_bandwidth: float | None = None,
-    ) -> CalibratedSimExecutor:
+    def make_executor(self, scheduler_config: SchedulerConfig, setup: ExecutorSetup = NO_SETUP
+                      ) -> CalibratedSimExecutor:  # fmt: skip
         """The exact executor: :class:`CalibratedSimExecutor` with the geometry ``vSurge.create_odriver`` builds
-        for ``scheduler_config``, ``page_size`` (default: this model's) and ``max_length``."""
-        geometry = EngineGeometry.for_engine(scheduler_config, page_size or self.page_size, max_length)
+        for ``scheduler_config``, ``setup.page_size`` (default: this model's) and ``setup.max_length``."""
+        geometry = EngineGeometry.for_engine(scheduler_config, setup.page_size or self.page_size, setup.max_length)
         return CalibratedSimExecutor(
-            self, scheduler_config, geometry, clock=clock, kv_bytes_per_token=kv_bytes_per_token,
-            host_bandwidth=host_bandwidth,
+            self, scheduler_config, geometry, clock=setup.clock, kv_bytes_per_token=setup.kv_bytes_per_token,
+            host_bandwidth=setup.host_bandwidth,
         )  # fmt: skip
 
     def with_speed(self, speed: float, prefill_speed: float | None = None) -> CalibratedLatencyModel:

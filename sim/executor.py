@@ -10,7 +10,7 @@ from mypy_extensions import mypyc_attr
 
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
-from sim.host_swap import HostSwap, modeled_swap_seconds, swap_rates
+from sim.host_swap import HostSwap, modeled_copy_seconds, modeled_swap_seconds, swap_rates
 from sim.latency.base import NO_SETUP, LatencyModel
 from sim.latency.batch_shape import BatchShape
 from sim.latency.executor_setup import ExecutorSetup
@@ -29,7 +29,8 @@ class SimExecutor(Executor):
     Swap preemption costs ``pages × page_size × kv_bytes_per_token / host_bandwidth`` seconds (as :class:`HostSwap`;
     not inherited from it: a compiled class takes no interpreted mixin, see ``odrive.accel``).
     Both rates default to the latency model's ``model.kv_bytes_per_token`` (÷ its ``tp``) and
-    ``accelerator.host_bandwidth`` when it has them (the roofline does; :func:`swap_rates`).
+    ``accelerator.host_bandwidth`` when it has them (the roofline does; :func:`swap_rates`). Copy-on-write of forked
+    samples' pages reads and writes each page at ``accelerator.hbm_bandwidth`` (free without one).
     """
 
     supports_decode_runs: ClassVar[bool] = True
@@ -45,12 +46,17 @@ class SimExecutor(Executor):
         )
         self.kv_bytes_per_token = kv_bytes_per_token or own_kv
         self.host_bandwidth = host_bandwidth or own_bw
+        accelerator = getattr(latency_model, "accelerator", None)
+        self.device_bandwidth: float | None = getattr(accelerator, "hbm_bandwidth", None)
 
     def swap_seconds(self, ops: SwapOps) -> float:
         return modeled_swap_seconds(self, ops)
 
     def swap(self, ops: SwapOps) -> float:
         return self.swap_seconds(ops)
+
+    def copy_pages(self, copies: list[tuple[int, int]], page_size: int) -> float:
+        return modeled_copy_seconds(self, copies, page_size)
 
     def shape_of(self, batch: list[SeqChunk]) -> BatchShape:
         prefill_tokens = decode_tokens = pairs = decode_kv = kv_read = sampled = 0
@@ -66,7 +72,7 @@ class SimExecutor(Executor):
                 prefill_tokens += padded
                 pairs += causal_attention_pairs(padded, c.start + padded)
                 kv_read += c.start + padded
-            sampled += c.sample
+            sampled += c.sample  # forks sampling from the same row: a few LM-head rows more, not modeled
         return BatchShape(prefill_tokens, decode_tokens, len(batch), pairs, kv_read, sampled, decode_kv)
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:

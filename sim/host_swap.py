@@ -1,5 +1,5 @@
-"""Swap preemption's modeled cost, shared by the simulator's executors (kept out of :mod:`sim.executor`, which
-imports :mod:`sim.latency`, so that latency models' own executors can use it too)."""
+"""Swap preemption's and copy-on-write's modeled cost, shared by the simulator's executors (kept out of
+:mod:`sim.executor`, which imports :mod:`sim.latency`, so that latency models' own executors can use it too)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,22 @@ def modeled_swap_seconds(executor: object, ops: SwapOps) -> float:
             "host_bandwidth to model swap preemption: pass them (e.g. from the SimConfig's model spec and "
             "accelerator, as sim.simulator.build_engine does) or use preemption_mode='recompute'"
         )
-    return ops.num_pages * ops.page_size * kv_bytes_per_token / host_bandwidth
+    return page_transfer_seconds(ops.num_pages, ops.page_size, kv_bytes_per_token, host_bandwidth)
+
+
+def page_transfer_seconds(num_pages: int, page_size: int, kv_bytes_per_token: float, bandwidth: float) -> float:
+    """Seconds to move ``num_pages`` K/V pages of ``page_size`` tokens at ``bandwidth`` bytes/s."""
+    return num_pages * page_size * kv_bytes_per_token / bandwidth
+
+
+def modeled_copy_seconds(executor: object, copies: list[tuple[int, int]], page_size: int) -> float:
+    """Copy-on-write of ``copies`` (device page → device page: each page read and written once) at ``executor``'s
+    ``kv_bytes_per_token`` and ``device_bandwidth`` (HBM bytes/s); 0 without them (copies are then taken as free)."""
+    kv_bytes_per_token = getattr(executor, "kv_bytes_per_token", None)
+    bandwidth = getattr(executor, "device_bandwidth", None)
+    if not copies or not kv_bytes_per_token or not bandwidth:
+        return 0.0
+    return page_transfer_seconds(2 * len(copies), page_size, kv_bytes_per_token, bandwidth)
 
 
 class HostSwap:

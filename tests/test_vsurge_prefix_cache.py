@@ -109,14 +109,16 @@ def test_recompute_preemption_resumes_from_its_own_cached_pages(model_and_proces
 
 
 def test_parallel_samples_share_the_prompt_pages(model_and_processor):
-    """n > 1 fans out into n requests; admitted one prefill per step, later samples hit the first's pages."""
+    """n > 1 fans out into n requests; samples 1 and 2 fork from sample 0: the prompt is computed once and its pages
+    shared, the partial last page copied on first write (tests/test_parallel_sampling_fork.py)."""
     model, processor = model_and_processor
     surge = make_surge(model, processor, max_concurrent_prefill=1)
     params = odrive.SamplingParams(max_tokens=4, temperature=1.0, seed=5, n=3, ignore_eos=True)
     results = surge.generate([FIRST], params)
     assert len(results) == 3
-    cached = surge.engine.metrics.requests_frame()["num_cached_tokens"].tolist()
-    assert cached == [0, len(PREFIX), len(PREFIX)]
+    assert surge.engine.metrics.steps_frame()["num_prefill_tokens"].sum() == len(FIRST)
+    stats = surge.engine.fork_stats
+    assert (stats.forks, stats.pages_shared, stats.pages_copied) == (2, 2 * 6, 2)  # 23 tokens: 5 full pages + 3
     for i, result in enumerate(results):  # identical to the same sample run alone, without sharing
         alone = make_surge(model, processor, allocator="free-list", check_invariants=False)
         seeded = odrive.SamplingParams(max_tokens=4, temperature=1.0, seed=5 + i, ignore_eos=True)

@@ -113,6 +113,9 @@ class PageAllocator(ABC):
         reservation from it. The hint lasts until ``free(request_id)``. Default no-op."""
         return None
 
+    supports_fork: ClassVar[bool] = False
+    """True when ``fork`` shares pages copy-on-write (the engine then forks parallel samples, ``Request.fork_of``)."""
+
     def fork(self, parent_id: str, child_id: str) -> None:
         """Give ``child_id`` a table sharing every page of ``parent_id`` (parallel sampling)."""
         raise NotImplementedError(f"{type(self).__name__} does not support fork (copy-on-write page sharing)")

@@ -50,13 +50,15 @@ class PrefixCacheAllocator(PageAllocator):
     Copy-on-write: ``fork`` shares every page of a sequence with a new one. Before a sequence writes into
     a page it does not own alone (its partial last page after a fork), ``allocate`` gives it a private
     copy and records ``(src, dst)`` for ``take_pending_copies``; the executor must copy those pages'
-    K/V before the step writes any (the real engine does not wire fork / n > 1 yet).
+    K/V before the step writes any (the engine forks parallel samples, ``Request.fork_of``, and has its executor
+    copy them: ``Executor.copy_pages``).
 
     A request's token count never shrinks: ``allocate`` with fewer tokens than held is a no-op.
     Simulated requests without token ids are never hashed, so they never hit.
     """
 
     supports_prefix_caching = True
+    supports_fork = True
 
     def __init__(self, num_pages: int, page_size: int) -> None:
         super().__init__(num_pages, page_size)

@@ -32,6 +32,17 @@ class SwapStats:
 
 
 @dataclass
+class ForkStats:
+    """Parallel samples forked from a request's prefill (``Request.fork_of``): forks made, pages they shared at the
+    fork, pages copied on first write (copy-on-write) and the seconds the copies took."""
+
+    forks: int = 0
+    pages_shared: int = 0
+    pages_copied: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class StepOutcome:
     """What one call of ``Engine.step`` did."""
 
@@ -75,6 +86,11 @@ class Engine:
         self.stop_checker = stop_checker
         self.requests: dict[str, Request] = {}
         self.swap_stats = SwapStats()
+        self.fork_stats = ForkStats()
+        # Requests forked from one that still prefills (``Request.fork_of``), held aside until its first token:
+        # parent id -> its held forks, and held fork id -> parent id.
+        self._forks: dict[str, list[Request]] = {}
+        self._held: dict[str, str] = {}
         self._caching = self.allocator.supports_prefix_caching
         self._window = scheduler.config.sliding_window  # with one, pages behind each request's window are released
         self.fast_forward = True  # False: steady decode runs step one at a time although the executor could batch them
@@ -127,9 +143,32 @@ class Engine:
         if reason is not None:
             self.reject(request, reason)
             return False
+        parent = self._fork_parent(request)
         self.requests[request.request_id] = request
-        self.scheduler.add_request(request)
+        if parent is None:
+            self.scheduler.add_request(request)
+        else:  # held aside: it joins the running set when the parent's prefill samples its first token too
+            request.status = RequestStatus.WAITING
+            self._forks.setdefault(parent.request_id, []).append(request)
+            self._held[request.request_id] = parent.request_id
         return True
+
+    def _fork_parent(self, request: Request) -> Request | None:
+        """The request ``request`` will be forked from (``Request.fork_of``), or None when it runs as an ordinary
+        request: no fork asked, an allocator without fork, or a parent that is gone, already sampled or held
+        itself. A parent with another prompt raises ValueError."""
+        parent_id = request.fork_of
+        if parent_id is None or not self.allocator.supports_fork:
+            return None
+        parent = self.requests.get(parent_id)
+        if parent is None or parent.num_output_tokens or parent_id in self._held:
+            return None
+        same = parent.num_prompt_tokens == request.num_prompt_tokens and (
+            parent.prompt_token_ids is None) == (request.prompt_token_ids is None) and (
+            parent.prompt_token_ids is None or list(parent.prompt_token_ids) == list(request.prompt_token_ids or ()))
+        if not same:
+            raise ValueError(f"request {request.request_id!r} forks from {parent_id!r}, whose prompt differs")
+        return parent
 
     def reject(self, request: Request, reason: str) -> None:
         """End a request that never entered this engine as rejected (``reason`` recorded), at its arrival time."""
@@ -160,12 +199,34 @@ class Engine:
         request = self.requests.get(request_id)
         if request is None:
             return False
+        self._unhold(request)
         self.scheduler.remove(request)
         self.allocator.free(request_id)
         self.executor.discard_swapped(request_id)
         del self.requests[request_id]
+        self._release_forks(request_id)
         self._end(request, RequestStatus.ABORTED, reason, now, message)
         return True
+
+    def _unhold(self, request: Request) -> None:
+        """Take a held fork out of its parent's group (it is aborted)."""
+        parent_id = self._held.pop(request.request_id, None)
+        if parent_id is not None:
+            group = self._forks[parent_id]
+            group.remove(request)
+            if not group:
+                del self._forks[parent_id]
+
+    def _release_forks(self, parent_id: str, keep: int = 0) -> list[Request]:
+        """Queue the held forks of ``parent_id`` after its first ``keep`` as ordinary requests (they prefill
+        themselves); returns the ``keep`` kept held."""
+        group = self._forks.pop(parent_id, [])
+        for request in group[keep:]:
+            del self._held[request.request_id]
+            self.scheduler.add_request(request)
+        if keep and group:
+            self._forks[parent_id] = group[:keep]
+        return group[:keep]
 
     @property
     def has_unfinished(self) -> bool:
@@ -189,7 +250,8 @@ class Engine:
         self.current_plan = plan
         if self.check_invariants:
             check_plan(sched, plan)
-        swap_time = self._apply_swaps(plan)
+        copies = self.allocator.take_pending_copies()
+        swap_time = self._apply_swaps(plan, copies)
         if plan.is_empty and plan.has_swaps:  # only copies this step
             usage = PageUsage.of(self.allocator.stats())
             self.metrics.on_step(now, swap_time, 1, 0, 0, 0, len(plan.preempted), 0, usage, len(sched.waiting),
@@ -205,6 +267,7 @@ class Engine:
         running = sched.running
         batch = []
         num_prefill_seqs = num_prefill_tokens = 0
+        room = sched.config.max_concurrent_decodes - len(running)  # running-set places left for forks
         for rid, n in plan.num_scheduled_tokens.items():
             req = running[rid]
             if req.first_scheduled_time is None:
@@ -213,9 +276,14 @@ class Engine:
                 num_prefill_seqs += 1
                 num_prefill_tokens += n
             start = req.num_computed_tokens
-            batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), start + n == req.num_tokens))
+            sample = start + n == req.num_tokens
+            forks: tuple[Request, ...] = ()
+            if sample and self._forks and rid in self._forks:  # its prefill ends: its forks sample too
+                forks = tuple(self._release_forks(rid, max(room, 0)))
+                room -= len(forks)
+            batch.append(SeqChunk(req, start, n, self.allocator.page_table(rid), sample, forks))
         if (num_prefill_seqs == 0 and self.fast_forward and self.executor.supports_decode_runs and horizon > 0
-                and not plan.has_swaps and self.allocator.supports_decode_runs
+                and not plan.has_swaps and not copies and self.allocator.supports_decode_runs
                 and not self._releases_pages(batch)):  # fmt: skip
             steady = sched.steady_steps(plan)
             if steady > 1:
@@ -258,6 +326,32 @@ class Engine:
         if not chunk.sample:
             return False
         token = None if sampled is None else sampled.get(req.request_id)
+        if chunk.forks:  # before the parent may finish (and free the pages they share)
+            self._fork(chunk, sampled, end, outcome)
+        return self._emit(req, token, end, outcome)
+
+    def _fork(self, chunk: SeqChunk, sampled: dict[str, int] | None, end: float, outcome: StepOutcome) -> None:
+        """The parent's prefill ended: each of ``chunk.forks`` takes a page table sharing the parent's pages
+        (copy-on-write), counts the prompt as computed, joins the running set and gets the token sampled for it."""
+        parent = chunk.request
+        pid = parent.request_id
+        stats = self.fork_stats
+        for req in chunk.forks:
+            if self._held.get(req.request_id) != pid:
+                continue
+            self._unhold(req)
+            self.allocator.fork(pid, req.request_id)
+            stats.forks += 1
+            stats.pages_shared += len(self.allocator.page_table(pid))
+            req.num_computed_tokens = parent.num_computed_tokens
+            req.first_scheduled_time = parent.first_scheduled_time
+            self.scheduler.add_running(req)
+            self._emit(req, None if sampled is None else sampled.get(req.request_id), end, outcome)
+        self._release_forks(pid)  # none left unless some were not sampled
+
+    def _emit(self, req: Request, token: int | None, end: float, outcome: StepOutcome) -> bool:
+        """Append the token a step ``end``-ing then drew for ``req`` (None: simulated) and finish it if it is done;
+        True when it came one step after its previous token."""
         if token is not None:
             req.output_token_ids.append(token)
             outcome.new_token_ids[req.request_id] = token
@@ -373,12 +467,28 @@ class Engine:
         self._end(req, RequestStatus.FINISHED, reason, now)
         self.scheduler.on_finished(req)
 
-    def _apply_swaps(self, plan: StepPlan) -> float:
-        """Have the executor copy the plan's swapped pages (host ← device, then device ← host); returns the
-        seconds it took (0 without swaps)."""
-        if not plan.has_swaps:
-            return 0.0
-        ops = SwapOps(plan.swap_out, plan.swap_in, self.allocator.page_size)
+    def _apply_swaps(self, plan: StepPlan, copies: list[tuple[int, int]]) -> float:
+        """Have the executor copy the plan's swapped pages (host ← device, then device ← host) and the pages
+        copy-on-write duplicated while scheduling (``copies``, between the two: a page a preemption freed may be a
+        copy's destination, a page a copy reads may be refilled by a swap-in); returns the seconds it took."""
+        page_size = self.allocator.page_size
+        if not copies:
+            return self._swap(SwapOps(plan.swap_out, plan.swap_in, page_size)) if plan.has_swaps else 0.0
+        seconds = 0.0
+        if plan.swap_out:  # a request that copied a page and then was swapped out: its copy's source holds the K/V
+            source = {dst: src for src, dst in copies}
+            out = {rid: [source.get(p, p) for p in pages] for rid, pages in plan.swap_out.items()}
+            seconds += self._swap(SwapOps(out, {}, page_size))
+        copy_seconds = self.executor.copy_pages(copies, page_size)
+        stats = self.fork_stats
+        stats.pages_copied += len(copies)
+        stats.seconds += copy_seconds
+        seconds += copy_seconds
+        if plan.swap_in:
+            seconds += self._swap(SwapOps({}, plan.swap_in, page_size))
+        return seconds
+
+    def _swap(self, ops: SwapOps) -> float:
         seconds = self.executor.swap(ops)
         for listener in self.swap_listeners:
             listener(ops, seconds)

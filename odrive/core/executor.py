@@ -16,19 +16,23 @@ from odrive.core.request import Request
 class SeqChunk:
     """One scheduled request in a step: compute ``num_tokens`` tokens starting at position ``start``.
 
-    ``sample`` is True when the chunk completes the sequence, so a next token is drawn for it.
+    ``sample`` is True when the chunk completes the sequence, so a next token is drawn for it. ``forks``: requests
+    forked from this one (parallel samples, ``Request.fork_of``) whose first token is drawn from the same logits
+    row, each with its own sampling params and seed (only on the chunk that completes the prompt).
     ``request`` is read-only for executors (token ids, sampling params); so is the chunk. A plain class with
     slots, not a dataclass: the simulator builds millions, and it compiles to a native object (odrive.accel).
     """
 
-    __slots__ = ("request", "start", "num_tokens", "page_table", "sample")
+    __slots__ = ("request", "start", "num_tokens", "page_table", "sample", "forks")
 
-    def __init__(self, request: Request, start: int, num_tokens: int, page_table: list[int], sample: bool) -> None:
+    def __init__(self, request: Request, start: int, num_tokens: int, page_table: list[int], sample: bool,
+                 forks: tuple[Request, ...] = ()) -> None:  # fmt: skip
         self.request = request
         self.start = start
         self.num_tokens = num_tokens
         self.page_table = page_table
         self.sample = sample
+        self.forks = forks
 
     @property
     def request_id(self) -> str:
@@ -39,8 +43,8 @@ class SeqChunk:
         """Context length after this step (cached + new tokens)."""
         return self.start + self.num_tokens
 
-    def _fields(self) -> tuple[Request, int, int, list[int], bool]:
-        return (self.request, self.start, self.num_tokens, self.page_table, self.sample)
+    def _fields(self) -> tuple[Request, int, int, list[int], bool, tuple[Request, ...]]:
+        return (self.request, self.start, self.num_tokens, self.page_table, self.sample, self.forks)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SeqChunk) and self._fields() == other._fields()
@@ -49,13 +53,15 @@ class SeqChunk:
         return hash((id(self.request), self.start, self.num_tokens, self.sample))
 
     def __repr__(self) -> str:
+        forks = f", forks={len(self.forks)}" if self.forks else ""
         return (f"SeqChunk(request={self.request.request_id!r}, start={self.start}, num_tokens={self.num_tokens}, "
-                f"pages={len(self.page_table)}, sample={self.sample})")  # fmt: skip
+                f"pages={len(self.page_table)}, sample={self.sample}{forks})")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ExecuteResult:
-    """Wall time (real) or modeled time (simulator) of the step, and the sampled tokens if real."""
+    """Wall time (real) or modeled time (simulator) of the step, and the sampled tokens if real (request id →
+    token, the chunks' ``forks`` included)."""
 
     duration: float
     sampled_token_ids: dict[str, int] | None = None
@@ -99,6 +105,12 @@ class Executor(ABC):
         """Copy every ``ops.swap_out`` request's pages to the host, then every ``ops.swap_in`` request's host
         copy into its new pages; return the seconds taken (modeled or measured). Needed for swap preemption."""
         raise NotImplementedError(f"{type(self).__name__} cannot swap K/V pages; use preemption_mode='recompute'")
+
+    def copy_pages(self, copies: list[tuple[int, int]], page_size: int) -> float:
+        """Copy the K/V of page ``src`` to page ``dst`` in every layer, for each ``(src, dst)`` of ``copies``
+        (copy-on-write of pages forked requests share, ``PageAllocator.take_pending_copies``), before the step
+        writes any K/V; return the seconds taken (modeled or measured). Needed for forked parallel samples."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy K/V pages (copy-on-write of forked samples)")
 
     def discard_swapped(self, request_id: str) -> None:
         """Drop any host copy of ``request_id``'s K/V (it was aborted while swapped out). Default: none kept."""

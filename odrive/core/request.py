@@ -65,6 +65,10 @@ class Request:
     # (page size, chained keys of its first full blocks): a prefix-caching allocator's hashes of this request, kept
     # across failed admission attempts and preemptions so its blocks are hashed once.
     block_hashes: tuple[int, list[bytes]] | None = None
+    # Parallel sampling: the id of the request (same prompt) this one forks from. With an allocator that supports
+    # fork the engine holds it aside while that request prefills, then samples its first token from the same logits
+    # and shares the prompt's pages (copy-on-write); otherwise it runs as an ordinary request.
+    fork_of: str | None = None
 
     @classmethod
     def from_tokens(

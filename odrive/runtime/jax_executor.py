@@ -11,10 +11,11 @@ from jax.sharding import Mesh
 
 from odrive.core.batch_builder import BatchBuilder
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
+from odrive.core.request import Request
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
 from odrive.models.paged_forward import StepBatch, make_paged_forward
-from odrive.runtime.kv_swap import HostKVStore
+from odrive.runtime.kv_swap import HostKVStore, copy_kv_rows
 from odrive.runtime.sampler import make_greedy_head, make_sampling_head, stream_seed
 
 
@@ -70,18 +71,21 @@ class JaxExecutor(Executor):
         if not x.sample_rows:  # a chunk that samples nothing: still wait, so its time is charged to this step
             hidden.block_until_ready()
             return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)
-        requests = [batch[row].request for row in x.sample_rows]
+        rows, requests = list(x.sample_rows), [batch[row].request for row in x.sample_rows]
+        forks = [(row, fork) for row in x.sample_rows for fork in batch[row].forks]
+        if forks:  # each fork samples from its parent's logits row: extra rows gather it again
+            logits_indices = jax.device_put(self._fork_rows(x.logits_indices, len(batch), forks, rows, requests))
         if all(r.sampling_params.temperature == 0.0 for r in requests):
             tokens = np.asarray(self._greedy(self._head_params, hidden, logits_indices))
         else:
-            s_pad = len(x.logits_indices)
+            s_pad = len(logits_indices)
             temperature = np.zeros(s_pad, np.float32)
             top_k = np.zeros(s_pad, np.int32)
             top_p = np.ones(s_pad, np.float32)
             seeds = np.zeros(s_pad, np.uint32)
             steps = np.zeros(s_pad, np.uint32)
             vocab = self.model.config.vocab_size
-            for row, req in zip(x.sample_rows, requests, strict=True):
+            for row, req in zip(rows, requests, strict=True):
                 sp = req.sampling_params
                 temperature[row], top_k[row], top_p[row] = sp.temperature, min(sp.top_k, vocab), sp.top_p
                 seeds[row] = stream_seed(self.seed, sp.seed, req.request_id)
@@ -90,6 +94,32 @@ class JaxExecutor(Executor):
                 self._sample(self._head_params, hidden, logits_indices, *jax.device_put((temperature, top_k, top_p,
                                                                                          seeds, steps)))
             )  # fmt: skip
-        for row, req in zip(x.sample_rows, requests, strict=True):
+        for row, req in zip(rows, requests, strict=True):
             sampled[req.request_id] = int(tokens[row])
         return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)
+
+    def _fork_rows(self, logits_indices: np.ndarray, num_seqs: int, forks: list[tuple[int, Request]],
+                   rows: list[int], requests: list[Request]) -> np.ndarray:  # fmt: skip
+        """``logits_indices`` with one more row per fork after the batch's rows, repeating its parent's index (padded
+        to a sequence bucket: a bounded set of head shapes); appends the forks' rows and requests."""
+        need = num_seqs + len(forks)
+        size = next((b for b in self.builder.seq_buckets if b >= max(need, len(logits_indices))), need)
+        indices = np.zeros(max(size, len(logits_indices)), np.int32)
+        indices[:num_seqs] = logits_indices[:num_seqs]
+        for i, (row, fork) in enumerate(forks):
+            indices[num_seqs + i] = logits_indices[row]
+            rows.append(num_seqs + i)
+            requests.append(fork)
+        return indices
+
+    def copy_pages(self, copies: list[tuple[int, int]], page_size: int) -> float:
+        """Copy-on-write: page ``src``'s K/V into page ``dst`` in every layer, on device (every read before any
+        write)."""
+        t0 = time.perf_counter()
+        last = {dst: src for src, dst in copies}  # a page written twice (freed and taken again) keeps its last copy
+        src_rows, _ = self.host_kv.rows(list(last.values()))  # every layer's rows, padded with the null page
+        dst_rows, _ = self.host_kv.rows(list(last))
+        self.kv_caches = copy_kv_rows(self.kv_caches, src_rows, dst_rows)
+        self.kv_caches[0].block_until_ready()
+        self.kv_caches[1].block_until_ready()
+        return time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""Swap preemption on the real engine: copy a request's K/V pages (every layer) to host memory and back."""
+"""Swap preemption on the real engine: copy a request's K/V pages (every layer) to host memory and back; and
+copy-on-write's device page copies."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ def _set_rows(pool: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
 
 
 _scatter = jax.jit(_set_rows, donate_argnums=0)  # the pool is updated in place
+
+
+def _copy_pool_rows(pool: jax.Array, src: jax.Array, dst: jax.Array) -> jax.Array:
+    return pool.at[:, dst].set(pool[:, src])
+
+
+_copy_rows = jax.jit(_copy_pool_rows, donate_argnums=0)
+
+
+def copy_kv_rows(kv: KVCaches, src: np.ndarray, dst: np.ndarray) -> KVCaches:
+    """Pool rows ``src`` copied onto rows ``dst`` in both pools (all reads before any write; ``dst`` distinct, or
+    repeating ``src``'s row: padding)."""
+    src_idx, dst_idx = jnp.asarray(src), jnp.asarray(dst)
+    return _copy_rows(kv[0], src_idx, dst_idx), _copy_rows(kv[1], src_idx, dst_idx)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -376,18 +376,24 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         """Generate for each prompt; every prompt is validated before any is queued.
 
         With ``n > 1`` a prompt is fanned out into ``n`` requests (sample ``i`` seeded ``seed + i`` when a seed is
-        given) and its ``n`` results come back consecutively, so the list has ``sum(n)`` entries. With the
-        ``prefix-cache`` allocator the samples share the prompt's cached pages, as in vLLM v1.
+        given) and its ``n`` results come back consecutively, so the list has ``sum(n)`` entries. With an allocator
+        that supports fork (``prefix-cache``) samples ``1 .. n-1`` fork from sample 0 (``Request.fork_of``): the
+        prompt is computed once, each sample draws its first token from the same logits, and all share the
+        prompt's pages, its partial last page too (copied on first write). The tokens are those of ``n``
+        independent requests.
         """
         batch = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
         params = sampling_params if isinstance(sampling_params, Sequence) else [sampling_params] * len(batch)
         if len(params) != len(batch):
             raise ValueError(f"{len(params)} sampling params for {len(batch)} prompts")
-        made = [
-            self._make_request(p, sample)
-            for p, sp in zip(batch, params, strict=True)
-            for sample in _fan_out(sp or SamplingParams())
-        ]
+        fork = self.engine.allocator.supports_fork
+        made = []
+        for p, sp in zip(batch, params, strict=True):
+            samples = [self._make_request(p, sample) for sample in _fan_out(sp or SamplingParams())]
+            if fork:
+                for request, _ in samples[1:]:
+                    request.fork_of = samples[0][0].request_id
+            made += samples
         with self._work:
             for request, handle in made:
                 self._handles[request.request_id] = handle

@@ -147,8 +147,12 @@ def markdown(table: pd.DataFrame) -> str:
         for r in s.itertuples()
     ]
     seeds, loads = sorted(int(x) for x in table["seed"].unique()), sorted(table["load"].unique())
+    repeats = sorted(int(x) for x in table["repeats"].unique())
+    against = ("each request's median over the real runs; noise floor: one real run against the others"
+               if min(repeats) > 1 else "one real run (no noise floor)")  # fmt: skip
     note = (f"\n\nModel {model}; median |error| over seeds {', '.join(map(str, seeds))} and loads "
-            f"{', '.join(f'{x:g}' for x in loads)} (x simulated saturation); from `{TABLE.relative_to(ROOT)}` by "
+            f"{', '.join(f'{x:g}' for x in loads)} (x simulated saturation); {'/'.join(map(str, repeats))} real runs "
+            f"per workload, errors against {against}; from `{TABLE.relative_to(ROOT)}` by "
             "`python -m experiments.validate_policies --replot`.")  # fmt: skip
     return "\n".join([head, *lines]) + note
 

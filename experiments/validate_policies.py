@@ -38,7 +38,7 @@ import pandas as pd  # noqa: E402
 from experiments.common import experiment_main  # noqa: E402
 from experiments.validate_sim import Validation, ValidationConfig, defaults, run_validation  # noqa: E402
 from odrive.calibration.profile import Profile  # noqa: E402
-from odrive.cli_errors import CLIParser  # noqa: E402
+from odrive.cli_errors import CLIParser, positive_int  # noqa: E402
 from odrive.profiling.pinning import PIN_MODES, pin_as_profiled  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="", help="default: the model's shipped pinned profile")
     p.add_argument("--policies", type=_names, default=list(POLICIES), help=f"comma-separated; of {', '.join(POLICIES)}")
     p.add_argument("--quick", action="store_true", help="every policy once: its closed workload and one open load")
-    p.add_argument("--repeats", type=int, default=3, help="real runs per workload (errors against their median)")
-    p.add_argument("--requests", type=int, default=None, help="requests per run")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="real runs per workload (errors against their median)")  # fmt: skip
+    p.add_argument("--requests", type=positive_int, default=None, help="requests per run")
     p.add_argument("--out", type=Path, default=Path("results/validate_policies"))
     p.add_argument("--table", type=Path, default=TABLE, help="where the tidy table goes")
     p.add_argument("--replot", action="store_true", help="figure and README table from --table; run nothing")

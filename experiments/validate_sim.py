@@ -73,7 +73,7 @@ import pandas as pd  # noqa: E402
 from experiments.common import experiment_main  # noqa: E402
 from odrive.calibration.features import EngineGeometry  # noqa: E402
 from odrive.calibration.profile import PROFILE_DIR, Profile, find_profile  # noqa: E402
-from odrive.cli_errors import CLIParser  # noqa: E402
+from odrive.cli_errors import CLIParser, positive_int  # noqa: E402
 from odrive.profiling.closed import ClosedComparison, closed, compare_closed  # noqa: E402
 from odrive.profiling.compare import error_rows, median_run, per_request  # noqa: E402
 from odrive.profiling.pinning import PIN_MODES, current_pinning, pin_as_profiled  # noqa: E402
@@ -815,12 +815,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a workload family (repeatable; default: poisson, and azure_conv on tiny-bench)")  # fmt: skip
     p.add_argument("--loads", type=_floats, default=None, help="comma-separated fractions of saturation")
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated workload seeds")
-    p.add_argument("--requests", type=int, default=None, help="requests per run")
-    p.add_argument("--num-pages", type=int, default=None, help="KV pool pages (the tight_pool family has its own)")
+    p.add_argument("--requests", type=positive_int, default=None, help="requests per run")
+    p.add_argument("--num-pages", type=positive_int, default=None,
+                   help="KV pool pages (the tight_pool family has its own)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("results/validate_sim"))
     p.add_argument("--seed", type=int, default=0, help="the run order's and the probes' seed")
     p.add_argument("--no-probe", action="store_true", help="skip the speed probe (adjusted = raw)")
-    p.add_argument("--repeats", type=int, default=None, help="real runs per workload (default: 1, --full: 3)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="real runs per workload (default: 1, --full: 3)")
     p.add_argument("--replot", action="store_true", help="redraw OUT's figure from its saved tables; run nothing")
     p.add_argument(
         "--pin",
@@ -847,8 +848,6 @@ def run(args: argparse.Namespace) -> int:
         ("repeats", args.repeats),
     ):
         if value is not None:
-            if name in ("num_requests", "num_pages", "repeats") and value < 1:
-                build_parser().error(f"--{name.replace('num_', '').replace('_', '-')} must be >= 1, got {value}")
             cfg = replace(cfg, **{name: tuple(value) if isinstance(value, list) else value})  # fmt: skip
     pinned = pin_as_profiled(Profile.load(cfg.profile_path).meta, args.pin)
     if pinned:

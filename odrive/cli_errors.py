@@ -41,6 +41,17 @@ class CLIParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for a count that must be >= 1 (a bad value is the parser's one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (a KeyError's without its quotes)."""
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)

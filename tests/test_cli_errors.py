@@ -153,3 +153,21 @@ def test_check_served_passes_any_finished_run():
     check_served(rows.iloc[:0])
     with pytest.raises(RunError, match="all 1 requests were rejected, none finished: too long"):
         check_served(rows.iloc[:1])
+
+
+COUNT_FLAGS = [  # (experiment module, flags, what the one line says): counts are checked before anything runs
+    ("validate_policies", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    ("validate_policies", ["--requests", "-3"], "argument --requests: must be >= 1, got -3"),
+    ("validate_sim", ["--num-pages", "0"], "argument --num-pages: must be >= 1, got 0"),
+    ("validate_sim", ["--repeats", "x"], "argument --repeats: expected a whole number >= 1, got 'x'"),
+]
+
+
+@pytest.mark.parametrize(("module", "flags", "says"), COUNT_FLAGS, ids=[s for *_, s in COUNT_FLAGS])
+def test_validation_count_flags_out_of_range_are_one_line(capsys, module, flags, says):
+    main = __import__(f"experiments.{module}", fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_:
+        main(flags)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == f"python -m experiments.{module}: error: {says} (see --help)\n"

@@ -11,7 +11,6 @@ from jax.sharding import Mesh
 
 from odrive.core.batch_builder import BatchBuilder
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
-from odrive.core.request import Request
 from odrive.models.checkpoint import Model
 from odrive.models.kv_cache import allocate_kv_caches
 from odrive.models.paged_forward import StepBatch, make_paged_forward
@@ -73,8 +72,10 @@ class JaxExecutor(Executor):
             return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)
         rows, requests = list(x.sample_rows), [batch[row].request for row in x.sample_rows]
         forks = [(row, fork) for row in x.sample_rows for fork in batch[row].forks]
-        if forks:  # each fork samples from its parent's logits row: extra rows gather it again
-            logits_indices = jax.device_put(self._fork_rows(x.logits_indices, len(batch), forks, rows, requests))
+        if forks:  # each fork samples from its parent's logits row: extra rows after the batch's gather it again
+            logits_indices = jax.device_put(self._fork_rows(x.logits_indices, len(batch), [row for row, _ in forks]))
+            rows += range(len(batch), len(batch) + len(forks))
+            requests += [fork for _, fork in forks]
         if all(r.sampling_params.temperature == 0.0 for r in requests):
             tokens = np.asarray(self._greedy(self._head_params, hidden, logits_indices))
         else:
@@ -98,18 +99,14 @@ class JaxExecutor(Executor):
             sampled[req.request_id] = int(tokens[row])
         return ExecuteResult(duration=time.perf_counter() - t0, sampled_token_ids=sampled)
 
-    def _fork_rows(self, logits_indices: np.ndarray, num_seqs: int, forks: list[tuple[int, Request]],
-                   rows: list[int], requests: list[Request]) -> np.ndarray:  # fmt: skip
-        """``logits_indices`` with one more row per fork after the batch's rows, repeating its parent's index (padded
-        to a sequence bucket: a bounded set of head shapes); appends the forks' rows and requests."""
-        need = num_seqs + len(forks)
+    def _fork_rows(self, logits_indices: np.ndarray, num_seqs: int, parent_rows: list[int]) -> np.ndarray:
+        """``logits_indices`` with one more row after the batch's ``num_seqs`` per fork, repeating its parent's index
+        (padded to a sequence bucket: a bounded set of head shapes)."""
+        need = num_seqs + len(parent_rows)
         size = next((b for b in self.builder.seq_buckets if b >= max(need, len(logits_indices))), need)
         indices = np.zeros(max(size, len(logits_indices)), np.int32)
         indices[:num_seqs] = logits_indices[:num_seqs]
-        for i, (row, fork) in enumerate(forks):
-            indices[num_seqs + i] = logits_indices[row]
-            rows.append(num_seqs + i)
-            requests.append(fork)
+        indices[num_seqs:need] = logits_indices[parent_rows]
         return indices
 
     def copy_pages(self, copies: list[tuple[int, int]], page_size: int) -> float:

@@ -46,7 +46,7 @@ from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
 from sim.hardware import Accelerator
-from sim.host_swap import HostSwap, modeled_copy_seconds
+from sim.host_swap import HostSwap
 from sim.latency.base import NO_SETUP, LatencyModel, check_decode_run
 from sim.latency.batch_shape import BatchShape
 from sim.latency.executor_setup import ExecutorSetup
@@ -308,9 +308,8 @@ class CalibratedSimExecutor(HostSwap, Executor):
         return seconds
 
     def copy_pages(self, copies: list[tuple[int, int]], page_size: int) -> float:
-        """Copy-on-write of forked samples' pages: the profile measures none, taken as free (``modeled_copy_seconds``
-        without a ``device_bandwidth``)."""
-        return modeled_copy_seconds(self, copies, page_size)
+        """Copy-on-write of forked samples' pages: the profile measures none, so they are taken as free."""
+        return 0.0
 
     def execute(self, batch: list[SeqChunk]) -> ExecuteResult:
         f = step_features([c.num_tokens for c in batch], [c.kv_len for c in batch], self.geometry)

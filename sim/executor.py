@@ -11,9 +11,9 @@ from mypy_extensions import mypyc_attr
 from odrive.core.executor import ExecuteResult, Executor, SeqChunk, SwapOps
 from odrive.schedulers.config import SchedulerConfig
 from sim.host_swap import HostSwap, modeled_copy_seconds, modeled_swap_seconds, swap_rates
-from sim.latency.base import NO_SETUP, LatencyModel
+from sim.latency.base import LatencyModel
 from sim.latency.batch_shape import BatchShape
-from sim.latency.executor_setup import ExecutorSetup
+from sim.latency.executor_setup import NO_SETUP, ExecutorSetup
 from sim.model_spec import causal_attention_pairs
 
 __all__ = ["HostSwap", "SimExecutor", "executor_for", "swap_rates"]

@@ -163,10 +163,10 @@ class Engine:
         parent = self.requests.get(parent_id)
         if parent is None or parent.num_output_tokens or parent_id in self._held:
             return None
-        same = parent.num_prompt_tokens == request.num_prompt_tokens and (
-            parent.prompt_token_ids is None) == (request.prompt_token_ids is None) and (
-            parent.prompt_token_ids is None or list(parent.prompt_token_ids) == list(request.prompt_token_ids or ()))
-        if not same:
+        mine, theirs = request.prompt_token_ids, parent.prompt_token_ids
+        same_ids = (mine is None and theirs is None) or (
+            mine is not None and theirs is not None and list(mine) == list(theirs))
+        if parent.num_prompt_tokens != request.num_prompt_tokens or not same_ids:
             raise ValueError(f"request {request.request_id!r} forks from {parent_id!r}, whose prompt differs")
         return parent
 

@@ -10,14 +10,11 @@ import numpy as np
 from mypy_extensions import mypyc_attr
 
 from sim.latency.batch_shape import BatchShape
-from sim.latency.executor_setup import ExecutorSetup
+from sim.latency.executor_setup import NO_SETUP, ExecutorSetup
 
 if TYPE_CHECKING:
     from odrive.core.executor import Executor
     from odrive.schedulers.config import SchedulerConfig
-
-
-NO_SETUP = ExecutorSetup()
 
 
 def check_decode_run(num_seqs: int, kv_tokens_read: int, num_steps: int) -> None:

@@ -47,9 +47,9 @@ from odrive.errors import ConfigError
 from odrive.schedulers.config import SchedulerConfig
 from sim.hardware import Accelerator
 from sim.host_swap import HostSwap
-from sim.latency.base import NO_SETUP, LatencyModel, check_decode_run
+from sim.latency.base import LatencyModel, check_decode_run
 from sim.latency.batch_shape import BatchShape
-from sim.latency.executor_setup import ExecutorSetup
+from sim.latency.executor_setup import NO_SETUP, ExecutorSetup
 from sim.latency.registry import register_latency_model
 from sim.model_spec import ModelSpec
 

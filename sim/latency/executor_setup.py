@@ -21,3 +21,7 @@ class ExecutorSetup:
     clock: Callable[[], float] | None = None
     kv_bytes_per_token: float | None = None
     host_bandwidth: float | None = None
+
+
+NO_SETUP = ExecutorSetup()
+"""Nothing known about the engine around the executor: the default of ``make_executor``/``executor_for``."""

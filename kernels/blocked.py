@@ -8,9 +8,13 @@ sequence really has, so cost follows real context length rather than the page-ta
 * prefill pass: sequences with ``q_len > 1`` one at a time, tiled into ``q_block`` query rows; each tile
   reads its sequence's pages once for all its rows and stops at its last causal position.
 
-Default tile sizes come from sweeps with benchmarks/bench_paged_attention.py on CPU: prefill tiles of 128 query rows
-over 256 KV tokens; decode blocks of 64 KV tokens (a decode block gathers every sequence's pages at once, and
-64-token blocks stay in cache where 256-token ones did not: 2-3x faster for 8-32 sequences of 100-600 tokens).
+Default tile sizes come from sweeps with benchmarks/bench_paged_attention.py on CPU (SmolLM2-135M's heads). Prefill
+tiles of 64 query rows over 64 KV tokens: 128 x 256 tiles over 64-token prompts computed 8x the scores they needed
+(32 such prompts ran 5x faster with 64 x 64, 4 prompts of 128 tokens 1.8x) and lost only ~10% on one 512-token
+prompt. Decode blocks of 32 KV tokens (a decode block gathers every sequence's pages at once: 64-token blocks stayed
+in cache where 256-token ones did not, 2-3x faster for 8-32 sequences of 100-600 tokens, and 32-token blocks were
+another 0-20% faster). The prefill pass
+visits only the sequences with more than one new token, so a decode step pays nothing for it.
 """
 
 from __future__ import annotations
@@ -119,12 +123,14 @@ def _prefill_pass(
         merged = jnp.where((row < q_len)[:, None, None], result.astype(out.dtype), previous)
         return jax.lax.dynamic_update_slice_in_dim(out, merged, start, axis=0)
 
-    def one_sequence(seq: jax.Array, out: jax.Array) -> jax.Array:
-        q_len = q_lens[seq]
-        num_tiles = jnp.where(q_len > 1, _cdiv(q_len, q_block), 0)
-        return jax.lax.fori_loop(0, num_tiles, functools.partial(q_tile, seq), out)
+    is_prefill = q_lens > 1
+    prefill_seqs = jnp.nonzero(is_prefill, size=q_lens.shape[0], fill_value=0)[0]
 
-    return jax.lax.fori_loop(0, batch.num_seqs, one_sequence, out)
+    def one_sequence(i: jax.Array, out: jax.Array) -> jax.Array:
+        seq = prefill_seqs[i]
+        return jax.lax.fori_loop(0, _cdiv(q_lens[seq], q_block), functools.partial(q_tile, seq), out)
+
+    return jax.lax.fori_loop(0, is_prefill.sum(), one_sequence, out)
 
 
 @functools.partial(
@@ -133,10 +139,10 @@ def _prefill_pass(
 def ragged_paged_attention_blocked(
     q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, batch: PagedBatch, *,
     sm_scale: float | None = None, sliding_window: int | None = None,
-    kv_block_tokens: int = 256, decode_kv_block_tokens: int = 64, q_block: int = 128,
+    kv_block_tokens: int = 64, decode_kv_block_tokens: int = 32, q_block: int = 64,
 ) -> jax.Array:  # fmt: skip
-    """Same contract as ``ragged_paged_attention_reference``; prefill tiles read KV ``kv_block_tokens`` at a time,
-    the decode pass ``decode_kv_block_tokens`` at a time."""
+    """Same contract as ``ragged_paged_attention_reference``; prefill tiles of ``q_block`` query rows read KV
+    ``kv_block_tokens`` at a time, the decode pass ``decode_kv_block_tokens`` at a time."""
     num_tokens, _, head_dim = q.shape
     page_size = k_pages.shape[2]
     max_seqs, pages_per_seq = batch.page_indices.shape

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from odrive.calibration.features import EngineGeometry
 from odrive.core.batch_builder import BatchBuilder
-from odrive.core.buckets import BucketOverflow, bucket_for, power_of_two_buckets
+from odrive.core.buckets import BucketOverflow, bucket_for, power_of_two_buckets, step_buckets
 from odrive.schedulers.config import SchedulerConfig, default_prefill_buckets
 
 
@@ -45,3 +45,14 @@ def test_ladders(limit: int, smallest: int) -> None:
     for n in (1, limit // 2 or 1, limit):
         b = bucket_for(n, ladder)
         assert b >= n and all(x < n for x in ladder if x < b)
+
+
+@given(st.integers(1, 4096), st.integers(1, 256), st.lists(st.integers(1, 4096), min_size=1, max_size=4))
+def test_a_step_of_few_sequences_runs_few_rows(budget: int, max_seqs: int, prefill_lengths: list[int]) -> None:
+    # The engine's step shapes: a decode of b sequences computes the next power of two of b rows (not 8 for b = 1),
+    # every prefill length is a shape of its own, and the largest shapes are the budgets.
+    tokens, seqs = step_buckets(prefill_lengths, budget, max_seqs)
+    assert set(prefill_lengths) <= set(tokens) and tokens[-1] == max(budget, *prefill_lengths)
+    assert seqs[0] == 1 and seqs[-1] == max_seqs
+    for b in range(1, min(budget, max_seqs) + 1):
+        assert bucket_for(b, tokens) < 2 * b and bucket_for(b, seqs) < 2 * b

@@ -123,17 +123,17 @@ def test_a_speed_that_is_not_a_positive_number_is_refused(model: CalibratedLaten
 
 
 def test_features_follow_the_kernel_and_the_buckets() -> None:
-    geo = EngineGeometry(16, (8, 16, 32, 64, 128, 256), (1, 2, 4, 8, 16), pages_per_seq=32)
-    f = step_features([1, 1, 1], [10, 300, 40], geo)  # the decode pass reads 64-token blocks: 300 -> 5 trips
-    assert (f.padded_tokens, f.padded_seqs, f.decode_blocks, f.decode_kv_slots) == (8, 4, 5, 4 * 5 * 64)
-    f = step_features([200], [456], geo)  # 256 cached + a 200-token chunk: tiles of 128 rows over 256-token blocks
-    assert (f.padded_tokens, f.prefill_tiles, f.prefill_blocks) == (256, 2, 1 + 1 + 1 + 1)
-    assert geo.block_tokens == 256 and EngineGeometry(64, (8,), (1,), pages_per_seq=2).block_tokens == 128
-    assert geo.decode_block_tokens == 64 and EngineGeometry(128, (8,), (1,), pages_per_seq=4).decode_block_tokens == 128
-    run = decode_run_features([10, 300, 40], 70, geo)  # contexts 300 .. 369: 5 trips until 320, then 6
+    geo = EngineGeometry(16, (1, 2, 4, 8, 16, 32, 64, 128, 256), (1, 2, 4, 8, 16), pages_per_seq=32)
+    f = step_features([1, 1, 1], [10, 300, 40], geo)  # the decode pass reads 32-token blocks: 300 -> 10 trips
+    assert (f.padded_tokens, f.padded_seqs, f.decode_blocks, f.decode_kv_slots) == (4, 4, 10, 4 * 10 * 32)
+    f = step_features([200], [456], geo)  # 256 cached + a 200-token chunk: tiles of 64 rows over 64-token blocks,
+    assert (f.padded_tokens, f.prefill_tiles, f.prefill_blocks) == (256, 4, 5 + 6 + 7 + 8)  # to rows 319/383/447/455
+    assert geo.block_tokens == 64 and EngineGeometry(128, (8,), (1,), pages_per_seq=2).block_tokens == 128
+    assert geo.decode_block_tokens == 32 and EngineGeometry(128, (8,), (1,), pages_per_seq=4).decode_block_tokens == 128
+    run = decode_run_features([10, 300, 40], 70, geo)  # contexts 300 .. 369: 10 trips until 320, then 11
     col = FEATURE_COLUMNS.index
-    assert run[20, col("decode_blocks")] == 5 and run[21, col("decode_blocks")] == 6
-    assert run[21, col("decode_kv_slots")] == 4 * 6 * 64
+    assert run[20, col("decode_blocks")] == 10 and run[21, col("decode_blocks")] == 11
+    assert run[21, col("decode_kv_slots")] == 4 * 11 * 32
 
 
 def test_the_geometry_tiles_attention_as_the_kernel_does() -> None:

@@ -48,7 +48,7 @@ def test_profile_cli_writes_a_valid_profile(tmp_path) -> None:
         assert key in meta, key
     assert meta["host"]["jax_version"] and meta["model"]["dtype"] == "float32"
     assert meta["model"]["config"]["hidden_size"] == 256 and meta["model"]["spec_name"] == "tiny-bench"
-    assert meta["geometries"]["16"]["token_buckets"][0] == 8
+    assert meta["geometries"]["16"]["token_buckets"][0] == 1
     assert meta["fit"]["heldout"]["leave_one_point_out"]["median_abs_pct"] >= 0
     # The replay calibration: the serving loop's own steps, and a correction fitted on them.
     replayed = profile.replay

@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from odrive.core.batch_builder import BatchBuilder
-from odrive.core.buckets import bucket_for, power_of_two_buckets
+from odrive.core.buckets import bucket_for, step_buckets
 from odrive.schedulers.config import SchedulerConfig
 
 # ragged_paged_attention_blocked's defaults (the CPU attention implementation): prefill tiles of Q_BLOCK query rows
 # read KV_BLOCK_TOKENS at a time, the decode pass DECODE_KV_BLOCK_TOKENS (tests/test_latency_calibrated.py checks
 # they equal the kernel's).
-KV_BLOCK_TOKENS = 256
-DECODE_KV_BLOCK_TOKENS = 64
-Q_BLOCK = 128
+KV_BLOCK_TOKENS = 64
+DECODE_KV_BLOCK_TOKENS = 32
+Q_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,9 @@ class EngineGeometry:
         """The buckets ``vSurge.create_odriver`` derives from a scheduler config (``max_length`` defaults to
         ``config.max_model_len``, else 2 x ``max_prefill_length``, as there)."""
         max_length = max_length or config.max_model_len or 2 * config.max_prefill_length
-        return cls(
-            page_size=page_size,
-            token_buckets=(*config.prefill_lengths, *power_of_two_buckets(config.token_budget)),
-            seq_buckets=power_of_two_buckets(config.max_concurrent_decodes, smallest=1),
-            pages_per_seq=-(-max_length // page_size),
-        )
+        token_buckets, seq_buckets = step_buckets(config.prefill_lengths, config.token_budget,
+                                                  config.max_concurrent_decodes)  # fmt: skip
+        return cls(page_size, token_buckets, seq_buckets, pages_per_seq=-(-max_length // page_size))
 
     @classmethod
     def of_builder(cls, builder: BatchBuilder) -> EngineGeometry:

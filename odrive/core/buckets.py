@@ -34,3 +34,11 @@ def power_of_two_buckets(limit: int, smallest: int = 8) -> tuple[int, ...]:
         b *= 2
     out.append(limit)
     return tuple(sorted(set(out)))
+
+
+def step_buckets(prefill_lengths: Sequence[int], token_budget: int, max_seqs: int) -> tuple[tuple[int, ...], ...]:
+    """(token buckets, sequence buckets) of the real engine's steps: every power of two up to ``token_budget``
+    (from 1, so a decode of a few sequences runs a few rows, not eight) plus the prefill lengths; every power of
+    two up to ``max_seqs`` sequences."""
+    tokens = tuple(sorted({*prefill_lengths, *power_of_two_buckets(token_budget, smallest=1)}))
+    return tokens, power_of_two_buckets(max_seqs, smallest=1)

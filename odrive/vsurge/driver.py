@@ -15,7 +15,7 @@ from typing import Any
 
 from odrive.core.assembly import EngineSpec
 from odrive.core.batch_builder import BatchBuilder
-from odrive.core.buckets import power_of_two_buckets
+from odrive.core.buckets import step_buckets
 from odrive.core.engine import Engine, StepOutcome
 from odrive.core.request import FinishReason, Request
 from odrive.core.sampling_params import SamplingParams
@@ -155,12 +155,9 @@ class vSurge:  # noqa: N801 - the name users know from EasyDeL
         sched_cfg = dataclasses.replace(sched_cfg, preemption_mode=preemption_mode,
                                         swap_space_pages=swap_space_pages or 0)  # fmt: skip
         pages_per_seq = -(-max_length // page_size)
-        builder = BatchBuilder(
-            page_size,
-            token_buckets=(*sched_cfg.prefill_lengths, *power_of_two_buckets(sched_cfg.token_budget)),
-            seq_buckets=power_of_two_buckets(max_concurrent_decodes, smallest=1),
-            pages_per_seq=pages_per_seq,
-        )
+        token_buckets, seq_buckets = step_buckets(sched_cfg.prefill_lengths, sched_cfg.token_budget,
+                                                  max_concurrent_decodes)  # fmt: skip
+        builder = BatchBuilder(page_size, token_buckets, seq_buckets, pages_per_seq=pages_per_seq)
         executor = JaxExecutor(model, plan.num_pages, page_size, builder, seed=seed, mesh=mesh,
                                compute_dtype=compute_dtype)  # fmt: skip
         spec = EngineSpec(
